@@ -1,0 +1,366 @@
+"""Typed configuration: model, data, train and post-process settings, with YAML in/out.
+
+Every field is a constructor argument of the object it configures; presets are plain YAML
+files in ``configs/`` (shipped inside the package as ``solo_tf/configs``). Loading is strict:
+an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+VARIANTS = ("solo", "decoupled_solo", "solov2")
+BACKBONES = (
+    "tiny",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenetv3_small",
+    "mobilenetv3_large",
+)
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the network and the target assignment it is trained with.
+
+    Defaults are SOLOv2-R50 from the paper. ``image_size`` is the padded network input
+    (H, W), a multiple of 32; images of other sizes are resized to fit and padded.
+    """
+
+    variant: str = "solov2"
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None  # None, "imagenet" or a path to a weights file
+    num_classes: int = 80
+    class_names: list[str] | None = None
+    image_size: tuple[int, int] = (800, 1088)
+    fpn_channels: int = 256
+    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
+    strides: tuple[int, ...] = (8, 8, 16, 32, 32)
+    scale_ranges: tuple[tuple[float, float], ...] = (
+        (1, 96),
+        (48, 192),
+        (96, 384),
+        (192, 768),
+        (384, 2048),
+    )
+    pos_scale: float = 0.2
+    head_channels: int = 512  # SOLO: 256; SOLOv2 kernel/category branch: 512
+    stacked_convs: int = 4  # SOLO: 7; SOLOv2: 4; SOLOv2-light: 2
+    mask_feature_channels: int = 128  # SOLOv2 unified mask-feature branch, inner width
+    mask_channels: int = 256  # E: SOLOv2 mask-feature output / dynamic-kernel width
+    norm_groups: int = 32
+    prior_prob: float = 0.01
+    max_instances: int = 100
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    focal_weight: float = 1.0
+    dice_weight: float = 3.0
+
+    def validate(self) -> None:
+        _one_of("model.variant", self.variant, VARIANTS)
+        _one_of("model.backbone", self.backbone, BACKBONES)
+        h, w = self.image_size
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise ConfigError(f"model.image_size must be positive multiples of 32, got {self.image_size}")
+        n = len(self.num_grids)
+        if not (len(self.strides) == len(self.scale_ranges) == n) or n == 0:
+            raise ConfigError(
+                "model.num_grids, model.strides and model.scale_ranges must have one entry per "
+                f"level; got {len(self.num_grids)}, {len(self.strides)}, {len(self.scale_ranges)}"
+            )
+        for s in self.strides:
+            if s not in (8, 16, 32):
+                raise ConfigError(f"model.strides entries must be 8, 16 or 32, got {s}")
+        for lo, hi in self.scale_ranges:
+            if not 0 <= lo <= hi:
+                raise ConfigError(f"model.scale_ranges entry ({lo}, {hi}) must satisfy 0 <= lo <= hi")
+        _positive("model.num_classes", self.num_classes)
+        _positive("model.max_instances", self.max_instances)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"model.class_names has {len(self.class_names)} names for {self.num_classes} classes"
+            )
+        if self.fpn_channels % self.norm_groups or self.head_channels % self.norm_groups:
+            raise ConfigError("model.fpn_channels and model.head_channels must be divisible by model.norm_groups")
+        if self.variant == "solov2" and (
+            self.mask_feature_channels % self.norm_groups or self.mask_channels % self.norm_groups
+        ):
+            raise ConfigError(
+                "model.mask_feature_channels and model.mask_channels must be divisible by model.norm_groups"
+            )
+        if not 0 < self.prior_prob < 1:
+            raise ConfigError(f"model.prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.pos_scale <= 0:
+            raise ConfigError(f"model.pos_scale must be > 0, got {self.pos_scale}")
+
+    @property
+    def mask_strides(self) -> tuple[int, ...]:
+        """Output stride of each level's mask prediction (SOLO: stride/2; SOLOv2: 4)."""
+        if self.variant == "solov2":
+            return tuple(4 for _ in self.strides)
+        return tuple(s // 2 for s in self.strides)
+
+
+@dataclass
+class DataConfig:
+    """Where training / evaluation images come from and how they are prepared."""
+
+    source: str = "shapes"  # shapes | coco | cis680
+    # shapes: the embedded generator
+    num_train: int = 2000
+    num_val: int = 200
+    shapes_image_size: tuple[int, int] = (128, 128)
+    shapes_max_objects: int = 6
+    # coco: instances JSON + image folder
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    # cis680: h5/npy files
+    cis680_images: str | None = None
+    cis680_masks: str | None = None
+    cis680_labels: str | None = None
+    cis680_bboxes: str | None = None
+    trust_pickle: bool = False
+    val_fraction: float = 0.2
+    # augmentation (training only)
+    multiscale: tuple[int, int] | None = None  # short-side range, e.g. (640, 800)
+    max_long_side: int | None = None  # e.g. 1333
+    flip: bool = True
+    skip_bad: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        _one_of("data.source", self.source, ("shapes", "coco", "cis680"))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.multiscale is not None and not 0 < self.multiscale[0] <= self.multiscale[1]:
+            raise ConfigError(f"data.multiscale must be (lo, hi) with 0 < lo <= hi, got {self.multiscale}")
+        _positive("data.num_train", self.num_train)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule. Defaults are the reference 3x schedule (SGD, 36 epochs)."""
+
+    epochs: int = 36
+    batch_size: int = 16
+    steps_per_epoch: int | None = None
+    base_lr: float = 0.01  # per 16 images; scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clipnorm: float | None = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3.0
+    decay_epochs: tuple[int, ...] = (27, 33)
+    decay_factor: float = 0.1
+    mixed_precision: bool = False
+    targets_in: str = "pipeline"  # pipeline (tf.data, TF backend only) | model (compute_loss)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _one_of("train.targets_in", self.targets_in, ("pipeline", "model"))
+        if self.base_lr <= 0:
+            raise ConfigError(f"train.base_lr must be > 0, got {self.base_lr}")
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 16.0
+
+
+@dataclass
+class PostprocessConfig:
+    """Decoder settings (DESIGN.md, inference)."""
+
+    score_thr: float = 0.1
+    mask_thr: float = 0.5
+    nms_pre: int = 500
+    update_thr: float = 0.05
+    max_per_img: int = 100
+    kernel: str = "gaussian"  # gaussian | linear
+    sigma: float = 2.0
+
+    def validate(self) -> None:
+        _one_of("postprocess.kernel", self.kernel, ("gaussian", "linear"))
+        _positive("postprocess.nms_pre", self.nms_pre)
+        _positive("postprocess.max_per_img", self.max_per_img)
+
+
+@dataclass
+class Config:
+    """Everything a run needs; ``Config.from_yaml`` / ``to_yaml`` round-trip it."""
+
+    name: str = "solov2_r50"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        self.postprocess.validate()
+        return self
+
+    # --- YAML ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "Config":
+        return _from_dict(cls, d, where).validate()
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            _atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d, where=str(path))
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def load_config(name_or_path: str | os.PathLike) -> Config:
+    """Load a preset by name (``shapes_demo``) or a YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        return Config.from_yaml(p)
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if not preset.exists():
+        names = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(names)}")
+    return Config.from_yaml(preset)
+
+
+def preset_names() -> list[str]:
+    return sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _one_of(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(key, value):
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _to_plain(x):
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _from_dict(cls, d, where):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{_join(where, unknown[0])}'; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        kwargs[name] = _coerce(hints[name], value, _join(where, name))
+    return cls(**kwargs)
+
+
+def _join(where, name):
+    """Dotted key path; the top level (a file name or 'config') is not part of it."""
+    return name if where == "config" or where.endswith((".yaml", ".yml")) else f"{where}.{name}"
+
+
+def _coerce(tp, value, key):
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
