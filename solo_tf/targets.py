@@ -1,0 +1,168 @@
+"""In-graph grid target assignment for SOLO / SOLOv2 (pure ``keras.ops``, static shapes).
+
+Naming: B = images, N = ground-truth slots (padded, class -1 = padding), L = levels,
+S = grid size of a level, M = positive-cell slots gathered for the mask loss.
+
+The assignment is the reference's, vectorised over objects and images:
+
+* scale of an object = sqrt(w * h) of its box; it is assigned to every level whose
+  (inclusive) scale range contains it, so one object can be positive on two levels;
+* centre = centre of mass of the full-resolution mask; the centre region has half extents
+  ``0.5 * pos_scale * (w, h)``; the grid cell of a point is ``floor(c / size * S)``;
+* the region's top/down/left/right cells are clamped to [0, S-1] and then to at most one
+  cell around the centre cell (a region of at most 3x3);
+* where two objects claim one cell the later one (higher slot index) wins;
+* padding (class < 0) and objects with an empty mask are skipped.
+
+The same functions run inside the tf.data pipeline (TensorFlow backend) and inside
+``SOLO.compute_loss`` (any backend).
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def assign_grids(classes, boxes, centers, valid, image_size, num_grids, scale_ranges, pos_scale=0.2):
+    """Category and owner grids of every level.
+
+    Args:
+        classes: (B, N) int, class index, < 0 for padding.
+        boxes: (B, N, 4) float, x1 y1 x2 y2 in input pixels (x2/y2 exclusive).
+        centers: (B, N, 2) float, (x, y) centre of mass of each mask in input pixels.
+        valid: (B, N) bool, False for padding and empty masks.
+        image_size: (H, W) python ints, the padded input size.
+        num_grids: per level S.
+        scale_ranges: per level (lo, hi), inclusive, on sqrt(w * h).
+        pos_scale: centre-region scale (sigma in the paper).
+
+    Returns:
+        list over levels of ``(category, owner)``, each (B, S, S) int32; category is the
+        class of the owning object or -1, owner the slot index of that object or -1.
+    """
+    height, width = float(image_size[0]), float(image_size[1])
+    classes = ops.cast(classes, "int32")
+    boxes = ops.cast(boxes, "float32")
+    centers = ops.cast(centers, "float32")
+    valid = ops.logical_and(ops.cast(valid, "bool"), classes >= 0)
+
+    box_w = boxes[..., 2] - boxes[..., 0]  # (B, N)
+    box_h = boxes[..., 3] - boxes[..., 1]
+    scale = ops.sqrt(ops.maximum(box_w * box_h, 0.0))
+    half_w = 0.5 * pos_scale * box_w
+    half_h = 0.5 * pos_scale * box_h
+    cx = centers[..., 0]
+    cy = centers[..., 1]
+    num_slots = ops.shape(classes)[1]
+    slot = ops.arange(num_slots, dtype="int32")  # (N,)
+
+    out = []
+    for grid, (lo, hi) in zip(num_grids, scale_ranges):
+        s = float(grid)
+
+        def cell(v, size):
+            return ops.cast(ops.floor(v / size * s), "int32")
+
+        coord_y, coord_x = cell(cy, height), cell(cx, width)
+        top = ops.maximum(ops.maximum(cell(cy - half_h, height), 0), coord_y - 1)
+        down = ops.minimum(ops.minimum(cell(cy + half_h, height), grid - 1), coord_y + 1)
+        left = ops.maximum(ops.maximum(cell(cx - half_w, width), 0), coord_x - 1)
+        right = ops.minimum(ops.minimum(cell(cx + half_w, width), grid - 1), coord_x + 1)
+        hit = ops.logical_and(valid, ops.logical_and(scale >= lo, scale <= hi))  # (B, N)
+
+        idx = ops.arange(grid, dtype="int32")
+        # (B, N, S): does object n cover row i / column j
+        in_rows = ops.logical_and(idx[None, None, :] >= top[..., None], idx[None, None, :] <= down[..., None])
+        in_cols = ops.logical_and(idx[None, None, :] >= left[..., None], idx[None, None, :] <= right[..., None])
+        in_rows = ops.logical_and(in_rows, hit[..., None])
+        # (B, N, S, S)
+        covers = ops.logical_and(in_rows[:, :, :, None], in_cols[:, :, None, :])
+        # the later object wins a shared cell: take the highest covering slot index
+        owner = ops.max(ops.where(covers, slot[None, :, None, None], -1), axis=1)  # (B, S, S)
+        owner = ops.cast(owner, "int32")
+        flat_owner = ops.reshape(owner, (-1, grid * grid))
+        category = ops.take_along_axis(classes, ops.maximum(flat_owner, 0), axis=1)
+        category = ops.where(flat_owner >= 0, category, -1)
+        out.append((ops.reshape(ops.cast(category, "int32"), (-1, grid, grid)), owner))
+    return out
+
+
+def resize_masks(masks, size):
+    """Resize 0/1 instance masks bilinearly and threshold at 0.5.
+
+    Args:
+        masks: (B, N, h, w) uint8/float 0/1.
+        size: (h', w') target size.
+
+    Returns:
+        (B, N, h', w') float32 0/1.
+    """
+    masks = ops.cast(masks, "float32")
+    if tuple(masks.shape[2:]) == tuple(size):
+        return masks
+    x = ops.transpose(masks, (0, 2, 3, 1))  # (B, h, w, N): resize works on channels-last
+    x = ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+    x = ops.transpose(x, (0, 3, 1, 2))
+    return ops.cast(x >= 0.5, "float32")
+
+
+def positive_slots(owner, max_positives):
+    """Indices of the positive cells of one level, in ascending cell order.
+
+    Args:
+        owner: (B, S, S) int, -1 where the cell is negative.
+        max_positives: M, static number of slots to return (<= S * S).
+
+    Returns:
+        ``(cells, owners, is_pos)``: (B, M) int32 cell index k = i*S + j, (B, M) int32 owning
+        slot (0 where not positive), (B, M) float32 1 for a real positive, 0 for filler.
+    """
+    grid = owner.shape[-1]
+    cells_total = grid * grid
+    flat = ops.reshape(ops.cast(owner, "int32"), (-1, cells_total))
+    is_pos = flat >= 0
+    # rank positives first, in ascending k: score = cells_total - k for positives, -k otherwise
+    k = ops.arange(cells_total, dtype="float32")
+    score = ops.where(is_pos, float(cells_total) - k, -k - 1.0)
+    m = min(int(max_positives), cells_total)
+    _, cells = ops.top_k(score, k=m, sorted=True)
+    cells = ops.cast(cells, "int32")
+    owners = ops.take_along_axis(flat, cells, axis=1)
+    pos = ops.cast(owners >= 0, "float32")
+    return cells, ops.maximum(owners, 0), pos
+
+
+def gather_mask_targets(level_masks, owners):
+    """Mask target of each positive slot.
+
+    Args:
+        level_masks: (B, N, h, w) float 0/1, ground-truth masks at the level's mask size.
+        owners: (B, M) int slot index from :func:`positive_slots`.
+
+    Returns:
+        (B, M, h, w) float32.
+    """
+    h, w = level_masks.shape[2], level_masks.shape[3]
+    flat = ops.reshape(level_masks, (-1, level_masks.shape[1], h * w))
+    gathered = ops.take_along_axis(flat, ops.cast(owners, "int32")[:, :, None], axis=1)
+    return ops.reshape(gathered, (-1, owners.shape[1], h, w))
+
+
+def mask_validity(masks):
+    """(B, N) bool: which ground-truth masks have at least one pixel set."""
+    return ops.max(ops.reshape(ops.cast(masks, "float32"), (ops.shape(masks)[0], masks.shape[1], -1)), axis=-1) > 0
+
+
+def default_max_positives(num_grids, max_instances):
+    """Largest number of positives a level can have: 3x3 cells per object, bounded by S*S."""
+    return [min(s * s, 9 * max_instances) for s in num_grids]
+
+
+__all__ = [
+    "assign_grids",
+    "resize_masks",
+    "positive_slots",
+    "gather_mask_targets",
+    "mask_validity",
+    "default_max_positives",
+]
