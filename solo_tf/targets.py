@@ -107,21 +107,24 @@ def resize_masks(masks, size):
 
 
 def positive_slots(owner, max_positives):
-    """Indices of the positive cells of one level, in ascending cell order.
+    """Indices of the positive cells, in ascending cell order, padded to a static count.
 
     Args:
-        owner: (B, S, S) int, -1 where the cell is negative.
-        max_positives: M, static number of slots to return (<= S * S).
+        owner: (B, S, S) int grid of one level, or (B, K) cells of several levels
+            concatenated; -1 where the cell is negative.
+        max_positives: M, static number of slots to return (clipped to the cell count).
 
     Returns:
-        ``(cells, owners, is_pos)``: (B, M) int32 cell index k = i*S + j, (B, M) int32 owning
-        slot (0 where not positive), (B, M) float32 1 for a real positive, 0 for filler.
+        ``(cells, owners, is_pos)``: (B, M) int32 flat cell index (k = i*S + j within a level
+        grid), (B, M) int32 owning slot (0 where not positive), (B, M) float32 1 for a real
+        positive, 0 for filler.
     """
-    grid = owner.shape[-1]
-    cells_total = grid * grid
+    cells_total = 1
+    for d in owner.shape[1:]:
+        cells_total *= int(d)
     flat = ops.reshape(ops.cast(owner, "int32"), (-1, cells_total))
     is_pos = flat >= 0
-    # rank positives first, in ascending k: score = cells_total - k for positives, -k otherwise
+    # rank positives first, in ascending k: score = cells_total - k for positives, -k - 1 otherwise
     k = ops.arange(cells_total, dtype="float32")
     score = ops.where(is_pos, float(cells_total) - k, -k - 1.0)
     m = min(int(max_positives), cells_total)

@@ -1,0 +1,63 @@
+import pytest
+
+from solo_tf.config import Config, ConfigError, ModelConfig, load_config, preset_names
+
+PAPER = ["solo_r50", "solov2_r50", "solov2_r101", "solov2_light_r18", "solov2_light_r34", "solov2_light_r50"]
+
+
+@pytest.mark.parametrize("name", PAPER + ["shapes_demo"])
+def test_presets_exist_and_load(name):
+    assert name in preset_names()
+    cfg = load_config(name)
+    assert cfg.name == name
+
+
+def test_paper_numbers():
+    v2 = load_config("solov2_r50").model
+    assert v2.num_grids == (40, 36, 24, 16, 12)
+    assert v2.strides == (8, 8, 16, 32, 32)
+    assert v2.scale_ranges == ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    assert (v2.head_channels, v2.stacked_convs, v2.mask_channels) == (512, 4, 256)
+    solo = load_config("solo_r50").model
+    assert (solo.variant, solo.head_channels, solo.stacked_convs) == ("solo", 256, 7)
+    assert solo.mask_strides == (4, 4, 8, 16, 16)
+    light = load_config("solov2_light_r18").model
+    assert (light.stacked_convs, light.mask_channels) == (2, 128)
+    assert light.scale_ranges[0] == (1, 56)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config("solov2_light_r34")
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert Config.from_yaml(path) == cfg
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  num_grid: [1]\n")
+    with pytest.raises(ConfigError, match=r"model\.num_grid"):
+        Config.from_yaml(path)
+
+
+def test_bad_value_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        Config.from_yaml(path)
+    path.write_text("model:\n  image_size: [100, 128]\n")
+    with pytest.raises(ConfigError, match=r"image_size"):
+        Config.from_yaml(path)
+    path.write_text("model:\n  variant: solo3\n")
+    with pytest.raises(ConfigError, match=r"model\.variant"):
+        Config.from_yaml(path)
+
+
+def test_mismatched_levels_rejected():
+    with pytest.raises(ConfigError, match="one entry per level"):
+        ModelConfig(num_grids=(40, 36)).validate()
+
+
+def test_missing_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match="solov2_r50"):
+        load_config("no_such_preset")
