@@ -1,0 +1,350 @@
+"""The input pipeline every data source goes through: records -> padded model batches.
+
+Record contract (what a source yields, unbatched; n and h, w vary per record)::
+
+    image     (h, w, 3) uint8 RGB
+    masks     (n, h, w) uint8 0/1, one per instance
+    classes   (n,) int32, 0-based class index
+    image_id  () int64
+
+A source is a function ``*_source(data_config, split, num_classes) -> RecordSource`` (the
+records plus their class names and count); :func:`shapes_source` is the embedded one and
+``solo_tf.data.coco.coco_source`` / ``solo_tf.data.cis680.cis680_source`` follow it.
+
+:func:`prepare` resizes each record to fit ``model.image_size`` (keeping the aspect ratio),
+optionally augments (multi-scale, horizontal flip), pads bottom/right, computes boxes and
+centres of mass from the full-resolution masks, downsamples the masks to stride 4, pads the
+ground truth to ``model.max_instances`` (class -1) and batches. Per image, all tf ops: no
+Python per object. Objects lost on the way (empty after resizing, or beyond
+``max_instances``) are counted in a :class:`PipelineStats` and, with ``with_meta``, per image.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from solo_tf.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
+from solo_tf.data.shapes import ShapesGenerator
+
+# Validation images are drawn from generator indices far above any training index, so the
+# two splits never share an image whatever num_train is.
+SHAPES_VAL_INDEX_OFFSET = 1 << 40
+_MASK_STRIDE = 4
+
+
+class RecordSource(NamedTuple):
+    """What a source function returns: unbatched records and what they describe."""
+
+    records: tf.data.Dataset
+    class_names: tuple
+    num_records: int
+
+
+class PipelineStats:
+    """Counters a :func:`prepare` dataset updates as it runs (tf.Variables, read any time).
+
+    ``images``: records prepared; ``objects``: instances seen in them; ``dropped_empty``:
+    instances whose mask became empty after resizing; ``dropped_overflow``: instances beyond
+    ``model.max_instances`` (the smallest by mask area).
+    """
+
+    KEYS = ("images", "objects", "dropped_empty", "dropped_overflow")
+
+    def __init__(self):
+        self._vars = {k: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"pipeline_{k}") for k in self.KEYS}
+
+    def _add(self, **counts):
+        for k, v in counts.items():
+            self._vars[k].assign_add(tf.cast(v, tf.int64))
+
+    def as_dict(self) -> dict:
+        return {k: int(v.numpy()) for k, v in self._vars.items()}
+
+    def reset(self) -> None:
+        for v in self._vars.values():
+            v.assign(0)
+
+    def __repr__(self):
+        return f"PipelineStats({self.as_dict()})"
+
+
+# --- sources ---------------------------------------------------------------------------------
+def shapes_source(data_config, split: str, num_classes: int | None = None) -> RecordSource:
+    """The embedded procedural dataset as records.
+
+    ``train`` is generator images ``0 .. num_train-1``; ``val`` is images
+    ``SHAPES_VAL_INDEX_OFFSET + i`` for ``i < num_val`` (disjoint from train). ``image_id``
+    is the index within the split.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"shapes_source: split must be 'train' or 'val', got {split!r}")
+    if num_classes is not None and num_classes != len(SHAPES_CLASS_NAMES):
+        raise ValueError(
+            f"model.num_classes is {num_classes} but the shapes source has {len(SHAPES_CLASS_NAMES)} "
+            f"classes ({', '.join(SHAPES_CLASS_NAMES)}); set model.num_classes: {len(SHAPES_CLASS_NAMES)}"
+        )
+    count = int(data_config.num_train if split == "train" else data_config.num_val)
+    offset = 0 if split == "train" else SHAPES_VAL_INDEX_OFFSET
+    gen = ShapesGenerator(
+        image_size=tuple(data_config.shapes_image_size),
+        max_objects=data_config.shapes_max_objects,
+        seed=data_config.seed,
+    )
+    h, w = gen.image_size
+
+    def _draw(i):
+        s = gen.sample(int(i) + offset)
+        return s["image"], s["masks"], s["classes"]
+
+    def _record(i):
+        image, masks, classes = tf.numpy_function(_draw, [i], [tf.uint8, tf.uint8, tf.int32], stateful=False)
+        image.set_shape((h, w, 3))
+        masks.set_shape((None, h, w))
+        classes.set_shape((None,))
+        return {"image": image, "masks": masks, "classes": classes, "image_id": i}
+
+    records = tf.data.Dataset.range(count).map(_record, num_parallel_calls=tf.data.AUTOTUNE)
+    return RecordSource(records, SHAPES_CLASS_NAMES, count)
+
+
+_SOURCES = {
+    "coco": ("solo_tf.data.coco", "coco_source"),
+    "cis680": ("solo_tf.data.cis680", "cis680_source"),
+}
+
+
+def _load_source(config, split):
+    """Dispatch on ``config.data.source``; returns a RecordSource or None (no such split)."""
+    name = config.data.source
+    if name == "shapes":
+        return shapes_source(config.data, split, config.model.num_classes)
+    if name not in _SOURCES:
+        raise ValueError(f"data.source must be one of shapes, {', '.join(_SOURCES)}; got {name!r}")
+    module_name, fn_name = _SOURCES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise RuntimeError(f"data.source={name!r} needs {module_name}, which is not installed in this build") from e
+        raise
+    src = getattr(module, fn_name)(config.data, split, config.model.num_classes)
+    if src is None or isinstance(src, RecordSource):
+        return src
+    if isinstance(src, tf.data.Dataset):  # a bare dataset: take what we can from it
+        n = int(src.cardinality())
+        names = tuple(config.model.class_names or getattr(module, "CLASS_NAMES", ()))
+        return RecordSource(src, names, n if n >= 0 else 0)
+    raise TypeError(f"{module_name}.{fn_name} returned {type(src).__name__}, expected RecordSource")
+
+
+def build_datasets(config):
+    """Training and validation batches for ``config`` (batch size ``config.train.batch_size``).
+
+    Returns:
+        ``(train_ds, val_ds, info)``: datasets of ``(images, y)`` (see :func:`prepare`);
+        ``val_ds`` is None when the source has no validation split. ``info`` holds
+        ``class_names``, ``num_train``, ``num_val`` and ``stats`` ({"train", "val"} ->
+        :class:`PipelineStats`).
+    """
+    train_src = _load_source(config, "train")
+    val_src = _load_source(config, "val")
+    bs = int(config.train.batch_size)
+    stats = {"train": PipelineStats(), "val": PipelineStats()}
+    train_ds = prepare(train_src.records, config.model, config.data, bs, training=True, stats=stats["train"])
+    val_ds = None
+    if val_src is not None and val_src.num_records > 0:
+        val_ds = prepare(
+            val_src.records, config.model, config.data, bs, training=False, drop_remainder=False, stats=stats["val"]
+        )
+    info = {
+        "class_names": list(train_src.class_names),
+        "num_train": int(train_src.num_records),
+        "num_val": int(val_src.num_records) if val_src is not None else 0,
+        "stats": stats,
+    }
+    return train_ds, val_ds, info
+
+
+# --- preparation -----------------------------------------------------------------------------
+def prepare(
+    records: tf.data.Dataset,
+    model_config,
+    data_config,
+    batch_size: int,
+    training: bool,
+    with_meta: bool = False,
+    drop_remainder: bool | None = None,
+    stats: PipelineStats | None = None,
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
+    """Records -> batches of ``(images, y)`` or, with ``with_meta``, ``(images, y, meta)``.
+
+    With H, W = ``model_config.image_size``, N = ``model_config.max_instances``, B = batch:
+
+    * ``images`` (B, H, W, 3) float32 RGB 0-255; the resized image sits top-left, zeros pad.
+    * ``y["classes"]`` (B, N) int32, -1 = padding; ``y["boxes"]`` (B, N, 4) float32 x1 y1 x2 y2
+      in input pixels (x2, y2 exclusive; tight box of the resized mask); ``y["masks"]``
+      (B, N, H/4, W/4) uint8 0/1 (4x4 area average >= 0.5; an object too thin for that keeps
+      its densest cells); ``y["centers"]`` (B, N, 2) float32 (x, y) centre of mass of the
+      resized full-resolution mask, in pixel-index units (pixel (r, c) sits at x=c, y=r, as
+      ``scipy.ndimage.center_of_mass``). Real objects come first, in source order.
+    * ``meta``: ``image_id`` (B,) int64, ``orig_size`` (B, 2) int32 source (h, w),
+      ``valid_size`` (B, 2) int32 (h, w) of the resized image inside the canvas, ``scale``
+      (B,) float32 resize factor, ``dropped_empty`` / ``dropped_overflow`` (B,) int32.
+
+    Training (``training=True``) shuffles (seeded by ``data_config.seed``) and augments:
+    ``data_config.multiscale`` (lo, hi) draws the short side (capped by
+    ``data_config.max_long_side`` and always fitting the canvas); ``data_config.flip`` flips
+    horizontally with probability 1/2. ``data_config.skip_bad`` skips (with a logged warning)
+    records that fail validation instead of raising.
+    """
+    if drop_remainder is None:
+        drop_remainder = bool(training)
+    stats = stats if stats is not None else PipelineStats()
+    H, W = (int(v) for v in model_config.image_size)
+    if H % _MASK_STRIDE or W % _MASK_STRIDE:
+        raise ValueError(f"model.image_size must be a multiple of {_MASK_STRIDE}, got {model_config.image_size}")
+    N = int(model_config.max_instances)
+    num_classes = int(model_config.num_classes)
+    multiscale = tuple(data_config.multiscale) if (training and data_config.multiscale) else None
+    max_long = data_config.max_long_side if multiscale else None
+    flip = bool(training and data_config.flip)
+    seed = int(data_config.seed)
+
+    def _map(record, rand):
+        image, y, meta = _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
+        stats._add(
+            images=1,
+            objects=tf.shape(record["classes"])[0],
+            dropped_empty=meta["dropped_empty"],
+            dropped_overflow=meta["dropped_overflow"],
+        )
+        return (image, y, meta) if with_meta else (image, y)
+
+    ds = records
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # One random int64 per record feeds the stateless augmentation ops, so the augmentation is
+    # reproducible for a seed yet differs between epochs.
+    rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) if training else (
+        tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    )
+    ds = tf.data.Dataset.zip((ds, rand)).map(_map, num_parallel_calls=tf.data.AUTOTUNE)
+    if data_config.skip_bad:
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _validate(record, num_classes):
+    """Assert the record contract; the message carries the record's image_id."""
+    image, masks, classes = record["image"], record["masks"], record["classes"]
+    iid = record["image_id"]
+    ish, msh, csh = tf.shape(image), tf.shape(masks), tf.shape(classes)
+    checks = [
+        (tf.logical_and(tf.equal(tf.rank(image), 3), tf.equal(ish[-1], 3)), "image must be (h, w, 3)"),
+        (tf.logical_and(tf.equal(tf.rank(masks), 3), tf.reduce_all(tf.equal(msh[1:], ish[:2]))),
+         "masks must be (n, h, w) with the image's h, w"),
+        (tf.equal(csh[0], msh[0]), "classes must have one entry per mask"),
+        (tf.reduce_all(tf.logical_and(classes >= 0, classes < num_classes)),
+         f"classes must be in [0, {num_classes})"),
+    ]
+    ops = []
+    for cond, msg in checks:
+        ops.append(tf.debugging.Assert(cond, [f"bad record: {msg}; image_id", iid, "image shape", ish,
+                                              "masks shape", msh, "classes", classes], summarize=16))
+    return ops
+
+
+def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip):
+    """One record -> (image (H, W, 3) float32, y dict padded to N, meta dict)."""
+    with tf.control_dependencies(_validate(record, num_classes)):
+        image = tf.identity(record["image"])
+        masks = tf.identity(record["masks"])
+        classes = tf.cast(record["classes"], tf.int32)
+    h = tf.shape(image)[0]
+    w = tf.shape(image)[1]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.stack([rand, tf.constant(7, tf.int64)]), 2)
+
+    fit = tf.minimum(H / hf, W / wf)
+    if multiscale is not None:
+        short = tf.random.stateless_uniform(
+            [], seeds[0], minval=multiscale[0], maxval=multiscale[1] + 1, dtype=tf.int32
+        )
+        scale = tf.cast(short, tf.float32) / tf.minimum(hf, wf)
+        if max_long:
+            scale = tf.minimum(scale, float(max_long) / tf.maximum(hf, wf))
+        scale = tf.minimum(scale, fit)
+    else:
+        scale = fit
+    nh = tf.clip_by_value(tf.cast(tf.round(hf * scale), tf.int32), 1, H)
+    nw = tf.clip_by_value(tf.cast(tf.round(wf * scale), tf.int32), 1, W)
+
+    # Image and masks resized as one tensor: identical geometry, and never zero channels
+    # (tf.image.resize rejects those, which an image without objects would give).
+    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(tf.transpose(masks, [1, 2, 0]), tf.float32)], -1)
+    stacked = tf.image.resize(stacked, tf.stack([nh, nw]), method="bilinear", antialias=True)
+    if flip:
+        do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        stacked = tf.cond(do_flip, lambda: tf.reverse(stacked, [1]), lambda: stacked)
+    stacked = tf.image.pad_to_bounding_box(stacked, 0, 0, H, W)
+    out_image = tf.clip_by_value(stacked[..., :3], 0.0, 255.0)
+    out_image.set_shape((H, W, 3))
+    full = tf.cast(stacked[..., 3:] >= 0.5, tf.float32)  # (H, W, n)
+
+    # Boxes and centres of mass from the full-resolution resized masks.
+    area = tf.reduce_sum(full, [0, 1])  # (n,)
+    rows = tf.cast(tf.reduce_max(full, 1) > 0, tf.int32)  # (H, n)
+    cols = tf.cast(tf.reduce_max(full, 0) > 0, tf.int32)  # (W, n)
+    y1 = tf.argmax(rows, 0, output_type=tf.int32)
+    y2 = H - tf.argmax(tf.reverse(rows, [0]), 0, output_type=tf.int32)
+    x1 = tf.argmax(cols, 0, output_type=tf.int32)
+    x2 = W - tf.argmax(tf.reverse(cols, [0]), 0, output_type=tf.int32)
+    boxes = tf.cast(tf.stack([x1, y1, x2, y2], -1), tf.float32)  # (n, 4)
+    safe = tf.maximum(area, 1.0)
+    cx = tf.reduce_sum(full * tf.range(W, dtype=tf.float32)[None, :, None], [0, 1]) / safe
+    cy = tf.reduce_sum(full * tf.range(H, dtype=tf.float32)[:, None, None], [0, 1]) / safe
+    centers = tf.stack([cx, cy], -1)  # (n, 2)
+
+    # Keep the N largest non-empty objects, in source order.
+    n = tf.shape(classes)[0]
+    nonempty = area > 0
+    num_nonempty = tf.reduce_sum(tf.cast(nonempty, tf.int32))
+    num_keep = tf.minimum(num_nonempty, N)
+    _, order = tf.math.top_k(tf.where(nonempty, area, -1.0), k=tf.minimum(n, N))
+    keep = tf.sort(order[:num_keep])
+
+    # Stride-4 masks by 4x4 area average; an object thinner than that keeps its densest cells
+    # so the target assigner still sees it.
+    s = _MASK_STRIDE
+    kept = tf.gather(full, keep, axis=2)  # (H, W, k)
+    frac = tf.reduce_mean(tf.reshape(kept, [H // s, s, W // s, s, -1]), [1, 3])  # (H/4, W/4, k)
+    peak = tf.reduce_max(frac, [0, 1], keepdims=True)
+    thin = tf.logical_and(frac >= peak, tf.logical_and(peak > 0, peak < 0.5))
+    masks4 = tf.cast(tf.logical_or(frac >= 0.5, thin), tf.uint8)
+
+    pad = N - num_keep
+    y = {
+        "classes": tf.pad(tf.gather(classes, keep), [[0, pad]], constant_values=-1),
+        "boxes": tf.pad(tf.gather(boxes, keep), [[0, pad], [0, 0]]),
+        "masks": tf.pad(tf.transpose(masks4, [2, 0, 1]), [[0, pad], [0, 0], [0, 0]]),
+        "centers": tf.pad(tf.gather(centers, keep), [[0, pad], [0, 0]]),
+    }
+    y["classes"].set_shape((N,))
+    y["boxes"].set_shape((N, 4))
+    y["masks"].set_shape((N, H // s, W // s))
+    y["centers"].set_shape((N, 2))
+    meta = {
+        "image_id": tf.cast(record["image_id"], tf.int64),
+        "orig_size": tf.stack([h, w]),
+        "valid_size": tf.stack([nh, nw]),
+        "scale": tf.cast(scale, tf.float32),
+        "dropped_empty": n - num_nonempty,
+        "dropped_overflow": num_nonempty - num_keep,
+    }
+    return out_image, y, meta
+
