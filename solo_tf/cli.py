@@ -87,6 +87,7 @@ def run_train(cfg, out_dir, epochs=None, steps_per_epoch=None, verbose=None, tim
         steps_per_epoch=steps if cfg.train.steps_per_epoch else None,
         validation_data=val_ds,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
         verbose=_verbose() if verbose is None else verbose,
     )
     _atomic_save_model(model, out_dir / "model.keras")
