@@ -71,3 +71,51 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers
 def set_precision(train: TrainConfig) -> None:
     """Mixed precision (float16 compute, float32 variables and losses) when asked for."""
     keras.config.set_dtype_policy("mixed_float16" if train.mixed_precision else "float32")
+
+
+class BudgetSchedule(keras.callbacks.Callback):
+    """The reference schedule stretched over a wall-clock budget instead of epochs.
+
+    Linear warm-up over ``warmup_iters`` steps from ``warmup_ratio``, then x``decay_factor``
+    once 27/36 and again once 33/36 of the budget has passed (the 3x schedule's decay
+    points). Sets the optimizer's learning rate before each batch, so the optimizer must
+    have been built with a plain float learning rate.
+    """
+
+    def __init__(self, base_lr, budget_s, warmup_iters=500, warmup_ratio=1.0 / 3.0, decay_factor=0.1,
+                 decay_fractions=(27 / 36, 33 / 36), clock=None):
+        super().__init__()
+        import time
+
+        self.base_lr = float(base_lr)
+        self.budget_s = float(budget_s)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.decay_factor = float(decay_factor)
+        self.decay_fractions = tuple(decay_fractions)
+        self.clock = clock or time.monotonic
+        self.step = 0
+        self.start = None
+
+    def lr_at(self, step, elapsed_s):
+        lr = self.base_lr * self.decay_factor ** sum(elapsed_s >= f * self.budget_s for f in self.decay_fractions)
+        if self.warmup_iters > 0 and step < self.warmup_iters:
+            lr *= self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_iters
+        return lr
+
+    def on_train_begin(self, logs=None):
+        self.start = self.clock()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(self.lr_at(self.step, self.clock() - self.start))
+        self.step += 1
+
+
+def make_budget_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """SGD as :func:`make_optimizer` with a float learning rate for :class:`BudgetSchedule`."""
+    return keras.optimizers.SGD(
+        learning_rate=train.lr * train.warmup_ratio,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay or None,
+        global_clipnorm=train.clipnorm,
+    )

@@ -31,3 +31,14 @@ def test_reference_optimizer_settings():
     assert opt.global_clipnorm == 35.0
     sched = opt._learning_rate
     assert sched.boundaries == [270, 330]
+
+
+def test_budget_schedule_decays_at_the_reference_fractions():
+    from solo_tf.training import BudgetSchedule
+
+    s = BudgetSchedule(0.01, budget_s=360, warmup_iters=10, warmup_ratio=1 / 3)
+    np.testing.assert_allclose(s.lr_at(0, 0), 0.01 / 3)
+    np.testing.assert_allclose(s.lr_at(10, 100), 0.01)
+    np.testing.assert_allclose(s.lr_at(50, 269), 0.01)
+    np.testing.assert_allclose(s.lr_at(50, 270), 0.001)  # 27/36 of the budget
+    np.testing.assert_allclose(s.lr_at(50, 330), 0.0001)  # 33/36

@@ -116,7 +116,7 @@ _SOURCES = {
 }
 
 
-def _load_source(config, split):
+def load_source(config, split):
     """Dispatch on ``config.data.source``; returns a RecordSource or None (no such split)."""
     name = config.data.source
     if name == "shapes":
@@ -149,8 +149,8 @@ def build_datasets(config):
         ``class_names``, ``num_train``, ``num_val`` and ``stats`` ({"train", "val"} ->
         :class:`PipelineStats`).
     """
-    train_src = _load_source(config, "train")
-    val_src = _load_source(config, "val")
+    train_src = load_source(config, "train")
+    val_src = load_source(config, "val")
     bs = int(config.train.batch_size)
     stats = {"train": PipelineStats(), "val": PipelineStats()}
     train_ds = prepare(train_src.records, config.model, config.data, bs, training=True, stats=stats["train"])
