@@ -160,6 +160,7 @@ class TrainConfig:
 
     epochs: int = 36
     batch_size: int = 16
+    optimizer: str = "sgd"  # sgd (the reference) | adamw
     steps_per_epoch: int | None = None
     base_lr: float = 0.01  # per 16 images; scaled linearly with batch_size
     momentum: float = 0.9
@@ -177,6 +178,7 @@ class TrainConfig:
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _one_of("train.targets_in", self.targets_in, ("pipeline", "model"))
+        _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
         if self.base_lr <= 0:
             raise ConfigError(f"train.base_lr must be > 0, got {self.base_lr}")
 

@@ -52,7 +52,8 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with the reference schedule; ``steps_per_epoch`` turns epoch boundaries into steps."""
+    """The configured optimizer (SGD by default) with the reference schedule;
+    ``steps_per_epoch`` turns epoch boundaries into steps."""
     schedule = WarmupStepDecay(
         train.lr,
         boundaries=[e * steps_per_epoch for e in train.decay_epochs if e < train.epochs],
@@ -60,8 +61,16 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers
         warmup_iters=train.warmup_iters,
         warmup_ratio=train.warmup_ratio,
     )
+    return _optimizer(train, schedule)
+
+
+def _optimizer(train: TrainConfig, learning_rate):
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=train.weight_decay, global_clipnorm=train.clipnorm
+        )
     return keras.optimizers.SGD(
-        learning_rate=schedule,
+        learning_rate=learning_rate,
         momentum=train.momentum,
         weight_decay=train.weight_decay or None,
         global_clipnorm=train.clipnorm,
@@ -112,10 +121,5 @@ class BudgetSchedule(keras.callbacks.Callback):
 
 
 def make_budget_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD as :func:`make_optimizer` with a float learning rate for :class:`BudgetSchedule`."""
-    return keras.optimizers.SGD(
-        learning_rate=train.lr * train.warmup_ratio,
-        momentum=train.momentum,
-        weight_decay=train.weight_decay or None,
-        global_clipnorm=train.clipnorm,
-    )
+    """As :func:`make_optimizer` with a float learning rate for :class:`BudgetSchedule`."""
+    return _optimizer(train, train.lr * train.warmup_ratio)
