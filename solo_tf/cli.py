@@ -60,6 +60,11 @@ def run_train(cfg, out_dir, epochs=None, steps_per_epoch=None, verbose=None, tim
     train_ds, val_ds, info = build_datasets(cfg)
     if info.get("class_names") and cfg.model.class_names is None:
         cfg.model.class_names = list(info["class_names"])
+    if cfg.data.source == "coco" and cfg.model.category_ids is None:
+        from solo_tf.data.coco import coco_dataset
+
+        cmap = coco_dataset(cfg.data, "train").category_map  # contiguous index -> {id, name}
+        cfg.model.category_ids = [int(cmap[i]["id"]) for i in range(len(cmap))]
     targets_in = cfg.train.targets_in
     if targets_in == "pipeline" and not grid_targets_supported():
         print(f"[solo-tf] targets_in=pipeline needs TensorFlow; computing targets in the model on "
@@ -155,7 +160,24 @@ def run_evaluate(model, cfg, out_json=None, results_json=None, max_batches=None,
         raise ValueError(f"data.source={cfg.data.source!r} has no validation split to evaluate on")
     ds = prepare(src.records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
                  drop_remainder=False)
-    coco_gt, category_ids = getattr(src, "coco_gt", None), getattr(src, "category_ids", None)
+    category_ids = cfg.model.category_ids
+    if cfg.data.source == "coco":  # score against the annotation file itself (crowd regions included)
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(cfg.data.val_annotations)
+    else:  # the source's own full-resolution masks, not the stride-4 training targets
+        from solo_tf.evaluation import build_coco_gt
+
+        coco_gt = build_coco_gt(
+            ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
+              "height": r["image"].shape[0], "width": r["image"].shape[1]}
+             for r in src.records.as_numpy_iterator()),
+            category_ids=category_ids, class_names=cfg.model.class_names,
+        )
     metrics = evaluate_dataset(
         model, ds, cfg.model, cfg.postprocess, category_ids=category_ids, coco_gt=coco_gt,
         max_batches=max_batches, results_path=results_json, metrics_path=out_json,
@@ -195,7 +217,8 @@ def run_predict(model, image_paths, out_dir, postprocess=None, score_thr=None):
         png = out_dir / f"{Path(path).stem}_pred.png"
         draw_instances(image, inst["masks"], inst["classes"], inst["scores"], predictor.class_names, png)
         written.append(str(png))
-        for r in to_coco_results(image_id, inst["masks"], inst["classes"], inst["scores"]):
+        for r in to_coco_results(image_id, inst["masks"], inst["classes"], inst["scores"],
+                                 category_ids=predictor.model.model_config.category_ids):
             r["file_name"] = str(path)
             results.append(r)
     write_json_atomic(out_dir / "predictions.json", results)
@@ -290,6 +313,7 @@ def _cmd_train(args):
     from solo_tf.config import load_config
 
     cfg = load_config(args.config)
+    cfg.data.skip_bad = cfg.data.skip_bad or args.skip_bad
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
     out = Path(args.out or f"runs/{cfg.name}")
@@ -305,6 +329,7 @@ def _cmd_demo(args):
 def _cmd_evaluate(args):
     model = _load_model(args.model)
     cfg = _config_for_model(args.model, args.config)
+    cfg.data.skip_bad = cfg.data.skip_bad or args.skip_bad
     if args.coco_annotations or args.coco_images:
         cfg.data.source = "coco"
         cfg.data.val_annotations, cfg.data.val_images = args.coco_annotations, args.coco_images
@@ -320,6 +345,16 @@ def _cmd_predict(args):
     results, pictures = run_predict(model, args.images, args.out, cfg.postprocess, args.score_thr)
     print(json.dumps({"detections": len(results), "pictures": pictures,
                       "results": str(Path(args.out) / "predictions.json")}))
+
+
+def _cmd_convert(args):
+    from solo_tf.data.convert import convert_cis680_to_coco
+
+    result = convert_cis680_to_coco(
+        args.images, args.masks, args.labels, args.bboxes, args.out, trust_pickle=args.trust_pickle,
+        skip_bad=args.skip_bad, val_fraction=args.val_fraction, seed=args.seed,
+    )
+    print(json.dumps(result if isinstance(result, dict) else {"out": str(args.out)}, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,11 +390,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="config for post-processing (default: config.yaml beside the model)")
     r.add_argument("--score-thr", type=float, default=0.3, help="drop detections below this score in the output")
     r.set_defaults(func=_cmd_predict)
+
+    c = sub.add_parser("convert", help="convert the CIS680 h5/npy dataset to COCO JSON + PNG images")
+    c.add_argument("--images", required=True, help="images h5 (key 'data', N x 3 x 300 x 400)")
+    c.add_argument("--masks", required=True, help="masks h5 (key 'data', stored consecutively per image)")
+    c.add_argument("--labels", required=True, help="labels npy (object array)")
+    c.add_argument("--bboxes", help="bboxes npy (object array)")
+    c.add_argument("--out", required=True, help="output folder: images/, annotations.json, train.json, val.json")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading object-array npy files (pickle can run code: only for files you trust)")
+    c.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    c.add_argument("--val-fraction", type=float, default=0.2)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_convert)
+
+    for sp in (t, e):
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="skip and count bad data records instead of stopping at the first")
     return p
 
 
 def main(argv=None) -> int:
     from solo_tf.config import ConfigError
+
+    import tensorflow as tf
+
+    from solo_tf.data.errors import bad_record_logs, data_error_from
 
     args = build_parser().parse_args(argv)
     try:
@@ -370,6 +426,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"solo-tf: {e}", file=sys.stderr)
         return 1
+    except tf.errors.OpError as e:  # a bad record met inside tf.data: its message names the file
+        print(f"solo-tf: {data_error_from(e) or e.message}", file=sys.stderr)
+        return 1
+    finally:
+        for log in bad_record_logs():
+            print(f"solo-tf: {log.summary()}", file=sys.stderr)
     return 0
 
 

@@ -47,6 +47,7 @@ class ModelConfig:
     backbone_weights: str | None = None  # None, "imagenet" or a path to a weights file
     num_classes: int = 80
     class_names: list[str] | None = None
+    category_ids: list[int] | None = None  # dataset id of each class (COCO), saved with the model
     image_size: tuple[int, int] = (800, 1088)
     fpn_channels: int = 256
     num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
@@ -91,6 +92,10 @@ class ModelConfig:
                 raise ConfigError(f"model.scale_ranges entry ({lo}, {hi}) must satisfy 0 <= lo <= hi")
         _positive("model.num_classes", self.num_classes)
         _positive("model.max_instances", self.max_instances)
+        if self.category_ids is not None and len(self.category_ids) != self.num_classes:
+            raise ConfigError(
+                f"model.category_ids has {len(self.category_ids)} ids for {self.num_classes} classes"
+            )
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(
                 f"model.class_names has {len(self.class_names)} names for {self.num_classes} classes"

@@ -183,7 +183,8 @@ def _read_history(history_or_csv):
     out = {}
     for key in rows[0]:
         try:
-            out[key] = [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows]
+            # CSVLogger writes "NA" for a metric an epoch did not produce (no validation pass)
+            out[key] = [float(r[key]) if r[key] not in ("", None, "NA") else float("nan") for r in rows]
         except ValueError as e:
             raise ValueError(f"{path}: column {key!r} is not numeric: {e}") from None
     return out

@@ -1,6 +1,7 @@
 """Pictures: each function writes a PNG of the expected pixel size, atomically."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,13 @@ def test_training_curves_from_history_and_csv(tmp_path):
     assert _png_size(plot_training_curves(str(log), tmp_path / "c.png")) == (1200, 400)
     with pytest.raises(FileNotFoundError):
         plot_training_curves(tmp_path / "missing.csv", tmp_path / "m.png")
+
+
+def test_training_curves_accept_csvlogger_na_cells(tmp_path):
+    """CSVLogger writes NA for validation metrics on epochs without a validation pass."""
+    from solo_tf.visualize import plot_training_curves
+
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,dice_loss,focal_loss,loss,val_loss\n0,2.0,1.0,3.0,NA\n1,1.5,0.8,2.3,NA\n")
+    out = plot_training_curves(log, tmp_path / "curves.png")
+    assert Path(out).is_file() and Path(out).stat().st_size > 0
