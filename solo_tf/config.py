@@ -131,6 +131,7 @@ class DataConfig:
     num_val: int = 200
     shapes_image_size: tuple[int, int] = (128, 128)
     shapes_max_objects: int = 6
+    shapes_object_size: tuple[float, float] = (0.08, 0.6)  # object size range, fraction of the short side
     # coco: instances JSON + image folder
     train_annotations: str | None = None
     train_images: str | None = None
@@ -157,6 +158,9 @@ class DataConfig:
         if self.multiscale is not None and not 0 < self.multiscale[0] <= self.multiscale[1]:
             raise ConfigError(f"data.multiscale must be (lo, hi) with 0 < lo <= hi, got {self.multiscale}")
         _positive("data.num_train", self.num_train)
+        lo, hi = self.shapes_object_size
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.shapes_object_size must be (lo, hi) with 0 < lo <= hi <= 1, got {self.shapes_object_size}")
 
 
 @dataclass

@@ -92,6 +92,8 @@ def shapes_source(data_config, split: str, num_classes: int | None = None) -> Re
         image_size=tuple(data_config.shapes_image_size),
         max_objects=data_config.shapes_max_objects,
         seed=data_config.seed,
+        min_size=data_config.shapes_object_size[0],
+        max_size=data_config.shapes_object_size[1],
     )
     h, w = gen.image_size
 
