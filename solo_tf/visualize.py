@@ -206,7 +206,7 @@ def plot_training_curves(history_or_csv, path):
     for i, key in enumerate(keys):
         ax = fig.add_subplot(1, 3, i + 1)
         for name, style in ((key, "-"), (f"val_{key}", "--")):
-            if name in hist:
+            if name in hist and not np.all(np.isnan(np.asarray(hist[name], float))):
                 vals = hist[name]
                 epochs = hist.get("epoch", list(range(len(vals))))
                 ax.plot(np.asarray(epochs) + 1, vals, style, label=name)
