@@ -53,7 +53,7 @@ def measure(model_cfg, batch_size, targets_in, steps, warmup):
     model = SOLO(model_cfg)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, global_clipnorm=35.0))
     timer = StepTimer()
-    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[timer])
+    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[timer], shuffle=False)
     per_step = statistics.median(timer.times[warmup:])
     return batch_size / per_step, per_step
 

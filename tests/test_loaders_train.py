@@ -4,7 +4,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from conftest import tiny_model_config
 from solo_tf.config import Config, DataConfig, TrainConfig

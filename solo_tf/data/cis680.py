@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_tf.data.errors import BadRecordLog, DataError, Progress
+from solo_tf.data.errors import BadRecordLog, DataError, Progress, file_key
 
 CLASS_NAMES = ("vehicle", "person", "animal")
 _SCAN_CHUNK = 128  # masks read per h5 slice while scanning
@@ -327,24 +327,13 @@ _cache: dict = {}
 _cache_lock = threading.Lock()
 
 
-def _file_key(path):
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-        return (str(p), st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (str(p), None, None)
-
-
 def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
     """The validated :class:`Cis680Dataset` of a DataConfig (cached: train and val share one scan)."""
     paths = (data_config.cis680_images, data_config.cis680_masks, data_config.cis680_labels)
     missing = [k for k, p in zip(("cis680_images", "cis680_masks", "cis680_labels"), paths) if not p]
     if missing:
         raise DataError(f"data.source is 'cis680' but data.{missing[0]} is not set")
-    key = tuple(_file_key(p) for p in (*paths, data_config.cis680_bboxes)) + (
+    key = tuple(file_key(p) for p in (*paths, data_config.cis680_bboxes)) + (
         bool(data_config.trust_pickle), bool(data_config.skip_bad))
     with _cache_lock:
         ds = _cache.get(key)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_tf.data.errors import BadRecordLog, DataError, Progress
+from solo_tf.data.errors import BadRecordLog, DataError, Progress, file_key
 
 # Largest image the reader accepts (pixels): a bigger height * width in the JSON is a
 # corrupt entry, not a photo, and rasterising masks for it would exhaust memory.
@@ -502,15 +502,6 @@ _train_category_maps: dict = {}
 _cache_lock = threading.Lock()
 
 
-def _file_key(path):
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-        return (str(p), st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (str(p), None, None)
-
-
 def coco_dataset(
     data_config, split: str, category_map: dict | None = None, progress: bool = True
 ) -> CocoDataset | None:
@@ -532,11 +523,11 @@ def coco_dataset(
         images = str(Path(ann).parent)  # image files beside the JSON when no folder is given
     if category_map is None and split == "val" and data_config.train_annotations:
         with _cache_lock:
-            category_map = _train_category_maps.get(_file_key(data_config.train_annotations))
+            category_map = _train_category_maps.get(file_key(data_config.train_annotations))
     ds = CocoDataset(ann, images, skip_bad=data_config.skip_bad, category_map=category_map, progress=progress)
     if split == "train":
         with _cache_lock:
-            _train_category_maps[_file_key(ann)] = ds.category_map
+            _train_category_maps[file_key(ann)] = ds.category_map
     return ds
 
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 from collections import Counter
 
 _LOGS: "weakref.WeakSet[BadRecordLog]" = weakref.WeakSet()
@@ -172,3 +173,16 @@ class Progress:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def file_key(path):
+    """Cache key of a file: resolved path, mtime and size (None for no path), so a source
+    scanned once per process is scanned again when its file changes."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+        return (str(p), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (str(p), None, None)
