@@ -1,4 +1,5 @@
-"""A tiny SOLOv2 and a tiny SOLO overfit one small shapes batch, on TensorFlow and on JAX."""
+"""A tiny SOLOv2 and a tiny SOLO overfit one small shapes batch, on TensorFlow and on JAX
+(Decoupled SOLO on TensorFlow too)."""
 
 import json
 import os
@@ -36,7 +37,7 @@ def _check(result):
     assert last["focal_loss"] < first["focal_loss"], result
 
 
-@pytest.mark.parametrize("variant", ["solov2", "solo"])
+@pytest.mark.parametrize("variant", ["solov2", "solo", "decoupled_solo"])
 def test_overfit_tensorflow(variant, shapes_batch):
     from overfit_case import overfit
 
