@@ -237,7 +237,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "Config":
-        return _from_dict(cls, d, where).validate()
+        return section_from_dict(cls, d, where).validate()
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -309,7 +309,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _from_dict(cls, d, where):
+def section_from_dict(cls, d, where):
+    """Build config dataclass ``cls`` from a plain dict, strictly: an unknown key or a value of
+    the wrong type raises ConfigError naming ``where.key`` (lists become tuples)."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
@@ -333,7 +335,7 @@ def _coerce(tp, value, key):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, key)
+        return section_from_dict(tp, value, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from solo_tf.config import ModelConfig, PostprocessConfig, _from_dict
+from solo_tf.config import ModelConfig, PostprocessConfig, section_from_dict
 from solo_tf.decoder import decode, postprocess_image
 
 
@@ -29,11 +29,11 @@ class SOLODecoder(layers.Layer):
     def __init__(self, model_config, postprocess_config=None, **kwargs):
         super().__init__(**kwargs)
         self.model_config = (
-            model_config if isinstance(model_config, ModelConfig) else _from_dict(ModelConfig, model_config, "model")
+            model_config if isinstance(model_config, ModelConfig) else section_from_dict(ModelConfig, model_config, "model")
         )
         pc = postprocess_config if postprocess_config is not None else PostprocessConfig()
         self.postprocess_config = (
-            pc if isinstance(pc, PostprocessConfig) else _from_dict(PostprocessConfig, pc, "postprocess")
+            pc if isinstance(pc, PostprocessConfig) else section_from_dict(PostprocessConfig, pc, "postprocess")
         )
 
     def call(self, outputs):

@@ -16,7 +16,7 @@ import keras
 from keras import layers, ops
 
 from solo_tf.backbones import build_backbone
-from solo_tf.config import ModelConfig
+from solo_tf.config import ModelConfig, section_from_dict
 from solo_tf.fpn import FeaturePyramid
 from solo_tf.heads import SOLOHead, SOLOv2Head, level_features
 from solo_tf.losses import dice_loss, sigmoid_focal_loss
@@ -30,9 +30,7 @@ STD_RGB = (58.395, 57.12, 57.375)
 def _as_model_config(model_config) -> ModelConfig:
     if isinstance(model_config, ModelConfig):
         return model_config
-    from solo_tf.config import _from_dict  # strict: unknown keys name themselves
-
-    cfg = _from_dict(ModelConfig, dict(model_config), "model")
+    cfg = section_from_dict(ModelConfig, dict(model_config), "model")
     cfg.validate()
     return cfg
 
