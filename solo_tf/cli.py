@@ -161,8 +161,7 @@ def _config_for_model(model_path, config_arg):
     beside = Path(model_path).with_name("config.yaml")
     if beside.is_file():
         return load_config(beside)
-    cfg = Config()
-    return cfg
+    return Config()
 
 
 def run_evaluate(model, cfg, out_json=None, results_json=None, max_batches=None, verbose=True):
@@ -226,10 +225,9 @@ def run_predict(model, image_paths, out_dir, postprocess=None, score_thr=None):
     predictor = Predictor(model, postprocess)
     images = [_read_image(p) for p in image_paths]  # fail on a bad file before any work
     results, written = [], []
-    for image_id, (path, image) in enumerate(zip(image_paths, images)):
-        inst = predictor.predict(image)[0]
+    for image_id, (path, image, inst) in enumerate(zip(image_paths, images, predictor.predict(images))):
         keep = inst["scores"] >= (score_thr or 0.0)
-        inst = {k: (np.asarray(v)[keep] if len(v) == len(keep) else v) for k, v in inst.items()}
+        inst = {k: np.asarray(v)[keep] for k, v in inst.items()}  # every entry has one row per instance
         png = out_dir / f"{Path(path).stem}_pred.png"
         draw_instances(image, inst["masks"], inst["classes"], inst["scores"], predictor.class_names, png)
         written.append(str(png))
