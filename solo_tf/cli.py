@@ -177,13 +177,9 @@ def run_evaluate(model, cfg, out_json=None, results_json=None, max_batches=None,
                  drop_remainder=False)
     category_ids = cfg.model.category_ids
     if cfg.data.source == "coco":  # score against the annotation file itself (crowd regions included)
-        import contextlib
-        import io
+        from solo_tf.evaluation import load_coco_gt
 
-        from pycocotools.coco import COCO
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO(cfg.data.val_annotations)
+        coco_gt = load_coco_gt(cfg.data.val_annotations)
     else:  # the source's own full-resolution masks, not the stride-4 training targets
         from solo_tf.evaluation import build_coco_gt
 
@@ -346,13 +342,28 @@ def _cmd_evaluate(args):
     model = _load_model(args.model)
     cfg = _config_for_model(args.model, args.config)
     cfg.data.skip_bad = cfg.data.skip_bad or args.skip_bad
-    if args.coco_annotations or args.coco_images:
-        cfg.data.source = "coco"
-        cfg.data.val_annotations, cfg.data.val_images = args.coco_annotations, args.coco_images
+    if args.data:
+        _set_eval_data(cfg, args.data, args.images)
     out = Path(args.out) if args.out else Path(args.model).with_name("eval")
     metrics = run_evaluate(model, cfg, out_json=out / "metrics.json", results_json=out / "results.json",
                            max_batches=args.max_batches)
     print(json.dumps({k: metrics[k] for k in metrics if k != "table"}))
+
+
+def _set_eval_data(cfg, data, images=None):
+    """Point ``cfg.data`` at ``data``: a COCO JSON (+ image folder) or a YAML config's data."""
+    from solo_tf.config import load_config
+
+    path = Path(data)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {path}")
+        if images is None:
+            images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+        cfg.data.source = "coco"
+        cfg.data.val_annotations, cfg.data.val_images = str(path), str(images)
+    else:
+        cfg.data = load_config(data).data
 
 
 def _cmd_predict(args):
@@ -394,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="COCO mask AP of a trained model on a validation split")
     e.add_argument("--model", required=True, help="a model.keras written by train or demo")
     e.add_argument("--config", help="config for the data (default: config.yaml beside the model)")
-    e.add_argument("--coco-annotations", help="evaluate on this COCO instances JSON instead")
-    e.add_argument("--coco-images", help="image folder of --coco-annotations")
+    e.add_argument("--data", help="what to evaluate on: a COCO instances JSON, or a YAML config whose "
+                                  "data section (validation split) is used")
+    e.add_argument("--images", help="image folder of a --data JSON (default: images/ beside it, else its folder)")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
     e.add_argument("--out", help="folder for metrics.json and results.json (default: eval/ beside the model)")
     e.set_defaults(func=_cmd_evaluate)

@@ -96,6 +96,23 @@ def build_coco_gt(images, category_ids=None, class_names=None):
     return coco
 
 
+def load_coco_gt(annotation_file):
+    """pycocotools COCO of an instances JSON, ready for COCOeval.
+
+    Annotation files written by other tools often leave out ``area``, ``bbox`` or
+    ``iscrowd``, which COCOeval needs; they are filled in from the segmentation here.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(annotation_file))
+    for ann in coco.dataset.get("annotations", []):
+        if "area" not in ann or "bbox" not in ann:
+            rle = coco.annToRLE(ann)
+            ann.setdefault("area", float(mask_utils.area(rle)))
+            ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
+        ann.setdefault("iscrowd", 0)
+    return coco
+
+
 def to_coco_results(image_id, masks, classes, scores, category_ids=None):
     """One image's instances -> COCO result dicts (``segmentation`` RLE, ``score``).
 

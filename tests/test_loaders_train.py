@@ -77,3 +77,25 @@ def test_convert_command_writes_coco(tmp_path, capsys):
     ann = json.loads((out / "annotations.json").read_text())
     assert len(ann["images"]) == len(list((out / "images").glob("*.png"))) > 0
     assert {c["name"] for c in ann["categories"]} == {"vehicle", "person", "animal"}
+
+
+def test_evaluate_command_on_a_coco_json(tmp_path, capsys):
+    """`solo-tf evaluate --data FILE.json` scores against that annotation file (image folder
+    found beside it), with the category ids the model was trained with."""
+    from solo_tf.cli import main
+    from solo_tf.model import SOLO
+    from test_coco import write_coco
+
+    ann, _ = write_coco(tmp_path / "coco")
+    model = SOLO(tiny_model_config("solov2", image_size=(64, 64), num_classes=3,
+                                   class_names=["car", "unused", "dog"], category_ids=[5, 7, 9]))
+    model.save(tmp_path / "model.keras")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tmp_path / "model.keras"), "--data", str(ann), "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_images"] == 3
+    assert 0.0 <= metrics["AP"] <= 1.0
+    for r in json.loads((out / "results.json").read_text()):
+        assert r["category_id"] in (5, 7, 9) and r["image_id"] in (11, 12, 13)
+    assert main(["evaluate", "--model", str(tmp_path / "model.keras"), "--data", str(tmp_path / "nope.json")]) == 1
+    assert "nope.json" in capsys.readouterr().err
