@@ -240,7 +240,7 @@ def run_demo(out_dir="solo_demo", minutes=10.0, num_train=None, num_val=None, ve
     from solo_tf.config import load_config
     from solo_tf.data.pipeline import load_source, prepare
     from solo_tf.targets import gather_mask_targets, positive_slots, resize_masks
-    from solo_tf.visualize import draw_target_grids, plot_training_curves
+    from solo_tf.visualize import draw_instances, draw_target_grids, plot_training_curves
 
     t0 = time.monotonic()
     out_dir = Path(out_dir)
@@ -267,9 +267,7 @@ def run_demo(out_dir="solo_demo", minutes=10.0, num_train=None, num_val=None, ve
     val = load_source(cfg, "val")
     images, y, meta = next(iter(prepare(val.records, cfg.model, cfg.data, 4, training=False, with_meta=True)))
     images, meta = images.numpy(), {k: v.numpy() for k, v in meta.items()}
-    _, preds = run_predict_arrays(model, images, meta, cfg)
-    from solo_tf.visualize import draw_instances
-
+    preds = run_predict_arrays(model, images, meta, cfg)
     zoom = max(1, 384 // max(cfg.model.image_size))  # small demo images are drawn enlarged
     for i, inst in enumerate(preds):
         path = out_dir / f"prediction_{i}.png"
@@ -313,7 +311,7 @@ def run_predict_arrays(model, images, meta, cfg):
     for i in range(len(images)):
         h, w = (int(v) for v in meta["valid_size"][i])
         out.append(postprocess_image({k: v[i] for k, v in dets.items()}, (h, w), (h, w)))
-    return dets, out
+    return out
 
 
 def _log(msg):

@@ -177,9 +177,12 @@ class SOLO(keras.Model):
             return dice_loss(ops.sigmoid(logits), ops.reshape(targets, (-1, m, hm * wm)), pos), ops.sum(pos)
 
         total, count = 0.0, 0.0
+        resized = {}  # levels sharing a mask stride (8,8 and 32,32 in the reference) share targets
         for lvl, ((_, owner), s) in enumerate(zip(grids, cfg.num_grids)):
             stride = cfg.mask_strides[lvl]
             hm, wm = h // stride, w // stride
+            if stride not in resized:
+                resized[stride] = resize_masks(y["masks"], (hm, wm))
             m = min(s * s, 9 * max_inst)
             cells, owners, pos = positive_slots(owner, m)
             if cfg.variant == "solo":
@@ -191,7 +194,7 @@ class SOLO(keras.Model):
                 probs = ops.sigmoid(ops.take_along_axis(px, (cells % s)[:, None, :], axis=2)) * ops.sigmoid(
                     ops.take_along_axis(py, (cells // s)[:, None, :], axis=2)
                 )
-            targets = gather_mask_targets(resize_masks(y["masks"], (hm, wm)), owners)
+            targets = gather_mask_targets(resized[stride], owners)
             total = total + dice_loss(
                 ops.transpose(probs, (0, 2, 1)), ops.reshape(targets, (-1, m, hm * wm)), pos
             )

@@ -156,16 +156,10 @@ def mask_validity(masks):
     return ops.max(ops.reshape(ops.cast(masks, "float32"), (ops.shape(masks)[0], masks.shape[1], -1)), axis=-1) > 0
 
 
-def default_max_positives(num_grids, max_instances):
-    """Largest number of positives a level can have: 3x3 cells per object, bounded by S*S."""
-    return [min(s * s, 9 * max_instances) for s in num_grids]
-
-
 __all__ = [
     "assign_grids",
     "resize_masks",
     "positive_slots",
     "gather_mask_targets",
     "mask_validity",
-    "default_max_positives",
 ]
