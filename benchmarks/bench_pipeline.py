@@ -118,7 +118,7 @@ def bench(name, src_fn, config, batch, warmup, batches):
     src = src_fn("train")
     m, d = config.model, config.data
     print(f"{name}: {src.num_records} images, model.image_size={tuple(m.image_size)}, "
-          f"multiscale={d.multiscale}, max_instances={m.max_instances}, batch={batch}", flush=True)
+          f"multiscale={d.multiscale}, max_instances={d.max_instances}, batch={batch}", flush=True)
     records = src.records.repeat()
     rows = [("source", rate(records, warmup * batch, batches * batch, lambda r: 1))]
     prepared = prepare(records, m, d, batch, training=True)

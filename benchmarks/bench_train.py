@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from solo_tf.config import DataConfig, load_config  # noqa: E402
+from solo_tf.config import DataConfig, ShapesSourceConfig, load_config  # noqa: E402
 from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported  # noqa: E402
 from solo_tf.data.pipeline import prepare, shapes_source  # noqa: E402
 from solo_tf.model import SOLO  # noqa: E402
@@ -43,8 +43,9 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def measure(model_cfg, batch_size, targets_in, steps, warmup):
-    data_cfg = DataConfig(num_train=batch_size * 4, shapes_image_size=tuple(model_cfg.image_size))
+def measure(model_cfg, batch_size, targets_in, steps, warmup, max_instances):
+    data_cfg = DataConfig(max_instances=max_instances,
+                          shapes=ShapesSourceConfig(num_train=batch_size * 4, image_size=tuple(model_cfg.image_size)))
     src = shapes_source(data_cfg, "train", model_cfg.num_classes)
     ds = prepare(src.records, model_cfg, data_cfg, batch_size, training=True).take(4).cache().repeat()
     if targets_in == "pipeline":
@@ -71,12 +72,12 @@ def main():
     print(f"{'config':<14} {'targets_in':<10} {'batch':>5} {'img/s':>8} {'ms/step':>8}")
     for name in args.configs:
         if name == "tiny":
-            cfg, batch = tiny_model_config("solov2", image_size=(64, 64), num_classes=6, max_instances=8), 8
+            cfg, batch, n = tiny_model_config("solov2", image_size=(64, 64), num_classes=6), 8, 8
         else:
             full = load_config(name)
-            cfg, batch = full.model, full.train.batch_size
+            cfg, batch, n = full.model, full.train.batch_size, full.data.max_instances
         for where in placements:
-            ips, step = measure(cfg, batch, where, args.steps, args.warmup)
+            ips, step = measure(cfg, batch, where, args.steps, args.warmup, n)
             print(f"{name:<14} {where:<10} {batch:>5} {ips:>8.1f} {step * 1000:>8.1f}", flush=True)
 
 

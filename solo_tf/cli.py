@@ -58,13 +58,13 @@ def run_train(cfg, out_dir, epochs=None, steps_per_epoch=None, verbose=None, tim
     set_precision(cfg.train)
 
     train_ds, val_ds, info = build_datasets(cfg)
-    if info.get("class_names") and cfg.model.class_names is None:
-        cfg.model.class_names = list(info["class_names"])
-    if cfg.data.source == "coco" and cfg.model.category_ids is None:
+    if info.get("class_names") and cfg.labels.class_names is None:
+        cfg.labels.class_names = list(info["class_names"])
+    if cfg.data.source == "coco" and cfg.labels.category_ids is None:
         from solo_tf.data.coco import coco_dataset
 
         cmap = coco_dataset(cfg.data, "train").category_map  # contiguous index -> {id, name}
-        cfg.model.category_ids = [int(cmap[i]["id"]) for i in range(len(cmap))]
+        cfg.labels.category_ids = [int(cmap[i]["id"]) for i in range(len(cmap))]
     targets_in = cfg.train.targets_in
     if targets_in == "pipeline" and not grid_targets_supported():
         print(f"[solo-tf] targets_in=pipeline needs TensorFlow; computing targets in the model on "
@@ -80,7 +80,7 @@ def run_train(cfg, out_dir, epochs=None, steps_per_epoch=None, verbose=None, tim
         train_ds = train_ds.repeat()
     cfg.to_yaml(out_dir / "config.yaml")
 
-    model = SOLO(cfg.model)
+    model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
     budget = time_budget_s is not None
     model.compile(optimizer=make_budget_optimizer(cfg.train) if budget else make_optimizer(cfg.train, steps))
     (out_dir / "checkpoints").mkdir(exist_ok=True)
@@ -170,16 +170,17 @@ def run_evaluate(model, cfg, out_json=None, results_json=None, max_batches=None,
     from solo_tf.evaluation import evaluate_dataset, format_metrics
 
     cfg.model = model.model_config
+    cfg.labels = model.labels_config
     src = load_source(cfg, "val")
     if src is None or src.num_records == 0:
         raise ValueError(f"data.source={cfg.data.source!r} has no validation split to evaluate on")
     ds = prepare(src.records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
                  drop_remainder=False)
-    category_ids = cfg.model.category_ids
+    category_ids = cfg.labels.category_ids
     if cfg.data.source == "coco":  # score against the annotation file itself (crowd regions included)
         from solo_tf.evaluation import load_coco_gt
 
-        coco_gt = load_coco_gt(cfg.data.val_annotations)
+        coco_gt = load_coco_gt(cfg.data.coco.val_annotations)
     else:  # the source's own full-resolution masks, not the stride-4 training targets
         from solo_tf.evaluation import build_coco_gt
 
@@ -187,7 +188,7 @@ def run_evaluate(model, cfg, out_json=None, results_json=None, max_batches=None,
             ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
               "height": r["image"].shape[0], "width": r["image"].shape[1]}
              for r in src.records.as_numpy_iterator()),
-            category_ids=category_ids, class_names=cfg.model.class_names,
+            category_ids=category_ids, class_names=cfg.labels.class_names,
         )
     metrics = evaluate_dataset(
         model, ds, cfg.model, cfg.postprocess, category_ids=category_ids, coco_gt=coco_gt,
@@ -228,7 +229,7 @@ def run_predict(model, image_paths, out_dir, postprocess=None, score_thr=None):
         draw_instances(image, inst["masks"], inst["classes"], inst["scores"], predictor.class_names, png)
         written.append(str(png))
         for r in to_coco_results(image_id, inst["masks"], inst["classes"], inst["scores"],
-                                 category_ids=predictor.model.model_config.category_ids):
+                                 category_ids=predictor.model.labels_config.category_ids):
             r["file_name"] = str(path)
             results.append(r)
     write_json_atomic(out_dir / "predictions.json", results)
@@ -246,13 +247,13 @@ def run_demo(out_dir="solo_demo", minutes=10.0, num_train=None, num_val=None, ve
     out_dir = Path(out_dir)
     cfg = load_config("shapes_demo")
     if num_train:
-        cfg.data.num_train = int(num_train)
+        cfg.data.shapes.num_train = int(num_train)
     if num_val:
-        cfg.data.num_val = int(num_val)
+        cfg.data.shapes.num_val = int(num_val)
     # the budget covers everything: keep ~15% (at least 20 s) for evaluation and pictures
     total_s = float(minutes) * 60.0
     train_s = max(total_s - max(0.15 * total_s, 20.0), 5.0)
-    cfg.train.steps_per_epoch = min(50, max(1, cfg.data.num_train // cfg.train.batch_size))
+    cfg.train.steps_per_epoch = min(50, max(1, cfg.data.shapes.num_train // cfg.train.batch_size))
     cfg.train.epochs = 100000  # the time budget ends training
     _log(f"solo-tf demo: training {cfg.name} ({cfg.model.variant}, {cfg.model.backbone}) on generated "
          f"shapes for ~{train_s / 60:.1f} min -> {out_dir}")
@@ -274,7 +275,7 @@ def run_demo(out_dir="solo_demo", minutes=10.0, num_train=None, num_val=None, ve
         h, w = meta["valid_size"][i]
         image = np.repeat(np.repeat(images[i][:h, :w], zoom, axis=0), zoom, axis=1)
         masks = np.repeat(np.repeat(inst["masks"], zoom, axis=1), zoom, axis=2)
-        draw_instances(image, masks, inst["classes"], inst["scores"], cfg.model.class_names, path, score_thr=0.3)
+        draw_instances(image, masks, inst["classes"], inst["scores"], cfg.labels.class_names, path, score_thr=0.3)
         pictures.append(str(path))
     grids = model.grid_targets({k: v[:1] for k, v in y.items()})
     levels = []
@@ -287,7 +288,7 @@ def run_demo(out_dir="solo_demo", minutes=10.0, num_train=None, num_val=None, ve
         levels.append({"category": keras.ops.convert_to_numpy(category)[0],
                        "owner": keras.ops.convert_to_numpy(owner)[0], "mask_targets": targets[:n]})
     pictures.append(str(draw_target_grids(images[0], levels, out_dir / "target_grids.png",
-                                          class_names=cfg.model.class_names)))
+                                          class_names=cfg.labels.class_names)))
     pictures.append(str(plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")))
     summary = {
         "mask_ap": metrics["AP"],
@@ -359,7 +360,7 @@ def _set_eval_data(cfg, data, images=None):
         if images is None:
             images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
         cfg.data.source = "coco"
-        cfg.data.val_annotations, cfg.data.val_images = str(path), str(images)
+        cfg.data.coco.val_annotations, cfg.data.coco.val_images = str(path), str(images)
     else:
         cfg.data = load_config(data).data
 

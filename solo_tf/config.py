@@ -18,20 +18,14 @@ from pathlib import Path
 import yaml
 
 VARIANTS = ("solo", "decoupled_solo", "solov2")
-BACKBONES = (
-    "tiny",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "mobilenetv3_small",
-    "mobilenetv3_large",
-)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
+
+
+CONFIG_VERSION = 2  # bump with a migration in _MIGRATIONS when a field moves
 
 
 @dataclass
@@ -45,9 +39,9 @@ class ModelConfig:
     variant: str = "solov2"
     backbone: str = "resnet50"
     backbone_weights: str | None = None  # None, "imagenet" or a path to a weights file
+    norm_eval: bool | None = None  # backbone BN frozen; None: on when backbone_weights is set
+    frozen_stages: int | None = None  # stem + this many stages not trained; None: 1 when pretrained, else 0
     num_classes: int = 80
-    class_names: list[str] | None = None
-    category_ids: list[int] | None = None  # dataset id of each class (COCO), saved with the model
     image_size: tuple[int, int] = (800, 1088)
     fpn_channels: int = 256
     num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
@@ -66,14 +60,11 @@ class ModelConfig:
     mask_channels: int = 256  # E: SOLOv2 mask-feature output / dynamic-kernel width
     norm_groups: int = 32
     prior_prob: float = 0.01
-    max_instances: int = 100
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    focal_weight: float = 1.0
-    dice_weight: float = 3.0
 
     def validate(self) -> None:
         _one_of("model.variant", self.variant, VARIANTS)
+        from solo_tf.backbones import BACKBONES  # the one list of names, beside the builders
+
         _one_of("model.backbone", self.backbone, BACKBONES)
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
@@ -91,15 +82,8 @@ class ModelConfig:
             if not 0 <= lo <= hi:
                 raise ConfigError(f"model.scale_ranges entry ({lo}, {hi}) must satisfy 0 <= lo <= hi")
         _positive("model.num_classes", self.num_classes)
-        _positive("model.max_instances", self.max_instances)
-        if self.category_ids is not None and len(self.category_ids) != self.num_classes:
-            raise ConfigError(
-                f"model.category_ids has {len(self.category_ids)} ids for {self.num_classes} classes"
-            )
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ConfigError(
-                f"model.class_names has {len(self.class_names)} names for {self.num_classes} classes"
-            )
+        if self.frozen_stages is not None and not 0 <= self.frozen_stages <= 4:
+            raise ConfigError(f"model.frozen_stages must be in 0..4, got {self.frozen_stages}")
         if self.fpn_channels % self.norm_groups or self.head_channels % self.norm_groups:
             raise ConfigError("model.fpn_channels and model.head_channels must be divisible by model.norm_groups")
         if self.variant == "solov2" and (
@@ -114,6 +98,22 @@ class ModelConfig:
             raise ConfigError(f"model.pos_scale must be > 0, got {self.pos_scale}")
 
     @property
+    def pretrained(self) -> bool:
+        return self.backbone_weights is not None
+
+    @property
+    def effective_norm_eval(self) -> bool:
+        """Backbone BatchNorm frozen: the config value, else on for a pretrained backbone."""
+        return self.pretrained if self.norm_eval is None else bool(self.norm_eval)
+
+    @property
+    def effective_frozen_stages(self) -> int:
+        """Stem + stages not trained: the config value, else 1 for a pretrained backbone."""
+        if self.frozen_stages is not None:
+            return int(self.frozen_stages)
+        return 1 if self.pretrained else 0
+
+    @property
     def mask_strides(self) -> tuple[int, ...]:
         """Output stride of each level's mask prediction (SOLO: stride/2; SOLOv2: 4)."""
         if self.variant == "solov2":
@@ -122,28 +122,104 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where training / evaluation images come from and how they are prepared."""
+class LossConfig:
+    """Loss weights and focal-loss shape (DESIGN.md, Loss)."""
 
-    source: str = "shapes"  # shapes | coco | cis680
-    # shapes: the embedded generator
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    focal_weight: float = 1.0
+    dice_weight: float = 3.0
+
+    def validate(self) -> None:
+        if not 0 <= self.focal_alpha <= 1:
+            raise ConfigError(f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+        for key in ("focal_gamma", "focal_weight", "dice_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class LabelsConfig:
+    """What the classes are: names, and the dataset's own category id of each (COCO).
+
+    Saved with the model, so predictions come back with the user's ids and names.
+    """
+
+    class_names: list[str] | None = None
+    category_ids: list[int] | None = None
+
+    def validate(self, num_classes: int | None = None) -> None:
+        if num_classes is None:
+            return
+        if self.category_ids is not None and len(self.category_ids) != num_classes:
+            raise ConfigError(f"labels.category_ids has {len(self.category_ids)} ids for {num_classes} classes")
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ConfigError(f"labels.class_names has {len(self.class_names)} names for {num_classes} classes")
+
+    def names(self, num_classes: int) -> list[str]:
+        """Class names, or "0", "1", ... when none are known."""
+        return list(self.class_names) if self.class_names else [str(i) for i in range(num_classes)]
+
+
+@dataclass
+class ShapesSourceConfig:
+    """``data.source: shapes``: the embedded procedural generator."""
+
     num_train: int = 2000
     num_val: int = 200
-    shapes_image_size: tuple[int, int] = (128, 128)
-    shapes_max_objects: int = 6
-    shapes_object_size: tuple[float, float] = (0.08, 0.6)  # object size range, fraction of the short side
-    # coco: instances JSON + image folder
+    image_size: tuple[int, int] = (128, 128)
+    max_objects: int = 6
+    object_size: tuple[float, float] = (0.08, 0.6)  # object size range, fraction of the short side
+
+    def validate(self) -> None:
+        _positive("data.shapes.num_train", self.num_train)
+        if not isinstance(self.num_val, int) or self.num_val < 0:
+            raise ConfigError(f"data.shapes.num_val must be an integer >= 0, got {self.num_val!r}")
+        _positive("data.shapes.max_objects", self.max_objects)
+        lo, hi = self.object_size
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.shapes.object_size must be (lo, hi) with 0 < lo <= hi <= 1, got {self.object_size}")
+
+
+@dataclass
+class CocoSourceConfig:
+    """``data.source: coco``: instances JSON files and their image folders."""
+
     train_annotations: str | None = None
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
-    # cis680: h5/npy files
-    cis680_images: str | None = None
-    cis680_masks: str | None = None
-    cis680_labels: str | None = None
-    cis680_bboxes: str | None = None
-    trust_pickle: bool = False
+
+
+@dataclass
+class CIS680SourceConfig:
+    """``data.source: cis680``: the homework's h5/npy files, split train/val by a seeded draw."""
+
+    images: str | None = None
+    masks: str | None = None
+    labels: str | None = None
+    bboxes: str | None = None
+    trust_pickle: bool = False  # the npy files are pickled object arrays: only for files you trust
     val_fraction: float = 0.2
+
+    def validate(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.cis680.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class DataConfig:
+    """Where training / evaluation images come from and how they are prepared.
+
+    ``source`` picks one of the sub-sections; ``max_instances`` is the data contract
+    (ground truth is padded to it, class -1 = padding).
+    """
+
+    source: str = "shapes"  # shapes | coco | cis680
+    max_instances: int = 100
+    shapes: ShapesSourceConfig = field(default_factory=ShapesSourceConfig)
+    coco: CocoSourceConfig = field(default_factory=CocoSourceConfig)
+    cis680: CIS680SourceConfig = field(default_factory=CIS680SourceConfig)
     # augmentation (training only)
     multiscale: tuple[int, int] | None = None  # short-side range, e.g. (640, 800)
     max_long_side: int | None = None  # e.g. 1333
@@ -153,14 +229,11 @@ class DataConfig:
 
     def validate(self) -> None:
         _one_of("data.source", self.source, ("shapes", "coco", "cis680"))
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _positive("data.max_instances", self.max_instances)
         if self.multiscale is not None and not 0 < self.multiscale[0] <= self.multiscale[1]:
             raise ConfigError(f"data.multiscale must be (lo, hi) with 0 < lo <= hi, got {self.multiscale}")
-        _positive("data.num_train", self.num_train)
-        lo, hi = self.shapes_object_size
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.shapes_object_size must be (lo, hi) with 0 < lo <= hi <= 1, got {self.shapes_object_size}")
+        self.shapes.validate()
+        self.cis680.validate()
 
 
 @dataclass
@@ -218,14 +291,22 @@ class PostprocessConfig:
 class Config:
     """Everything a run needs; ``Config.from_yaml`` / ``to_yaml`` round-trip it."""
 
+    version: int = CONFIG_VERSION
     name: str = "solov2_r50"
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def validate(self) -> "Config":
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"version is {self.version}; this solo-tf reads version {CONFIG_VERSION} "
+                              "(older files are upgraded by load_config / Config.from_dict)")
         self.model.validate()
+        self.loss.validate()
+        self.labels.validate(self.model.num_classes)
         self.data.validate()
         self.train.validate()
         self.postprocess.validate()
@@ -237,7 +318,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "Config":
-        return section_from_dict(cls, d, where).validate()
+        return section_from_dict(cls, migrate(d, where), where).validate()
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -261,6 +342,84 @@ class Config:
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+# --- versions and migrations -------------------------------------------------------------------
+# A config dict (a YAML file, or the config frozen into a .keras file) carries ``version``;
+# a dict without one is version 1 (the layout before the split). Each migration takes a
+# plain dict of version v and returns one of version v + 1, so a later field move upgrades
+# old files instead of refusing them.
+
+_V1_MODEL_TO_LOSS = ("focal_alpha", "focal_gamma", "focal_weight", "dice_weight")
+_V1_MODEL_TO_LABELS = ("class_names", "category_ids")
+_V1_DATA_TO_SHAPES = {"num_train": "num_train", "num_val": "num_val", "shapes_image_size": "image_size",
+                      "shapes_max_objects": "max_objects", "shapes_object_size": "object_size"}
+_V1_DATA_TO_COCO = ("train_annotations", "train_images", "val_annotations", "val_images")
+_V1_DATA_TO_CIS680 = {"cis680_images": "images", "cis680_masks": "masks", "cis680_labels": "labels",
+                      "cis680_bboxes": "bboxes", "trust_pickle": "trust_pickle", "val_fraction": "val_fraction"}
+
+
+def _v1_to_v2(d: dict) -> dict:
+    """Version 1 -> 2: ModelConfig split into model / loss / labels, ``max_instances`` moved
+    to data, DataConfig's flat fields moved into one sub-section per source."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    model = d.get("model") or {}
+    data = d.get("data") or {}
+    if not isinstance(model, dict) or not isinstance(data, dict):
+        return d  # let the strict loader name the bad section
+    loss = dict(d.get("loss") or {})
+    labels = dict(d.get("labels") or {})
+    for key in _V1_MODEL_TO_LOSS:
+        if key in model:
+            loss[key] = model.pop(key)
+    for key in _V1_MODEL_TO_LABELS:
+        if key in model:
+            labels[key] = model.pop(key)
+    if "max_instances" in model:
+        data.setdefault("max_instances", model.pop("max_instances"))
+    for flat, section in ((_V1_DATA_TO_SHAPES, "shapes"), (dict(zip(_V1_DATA_TO_COCO, _V1_DATA_TO_COCO)), "coco"),
+                          (_V1_DATA_TO_CIS680, "cis680")):
+        sub = dict(data.get(section) or {})
+        for old, new in flat.items():
+            if old in data:
+                sub[new] = data.pop(old)
+        if sub:
+            data[section] = sub
+    if "model" in d or model:
+        d["model"] = model
+    if "data" in d or data:
+        d["data"] = data
+    if loss:
+        d["loss"] = loss
+    if labels:
+        d["labels"] = labels
+    d["version"] = 2
+    return d
+
+
+_MIGRATIONS = {1: _v1_to_v2}
+
+
+def migrate(d: dict, where: str = "config") -> dict:
+    """Upgrade a config dict of any known version to :data:`CONFIG_VERSION` (a new dict).
+
+    Raises:
+        ConfigError: the version is newer than this solo-tf, or not an integer.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: top level must be a mapping, got {type(d).__name__}")
+    version = d.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{where}: version must be a positive integer, got {version!r}")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{where}: config version {version} was written by a newer solo-tf (this one reads up to "
+            f"{CONFIG_VERSION}); upgrade solo-tf (pip install -U solo-tf)"
+        )
+    while version < CONFIG_VERSION:
+        d = _MIGRATIONS[version](d)
+        version = d["version"]
+    return d
 
 
 def load_config(name_or_path: str | os.PathLike) -> Config:

@@ -100,11 +100,11 @@ class Predictor:
                 raise FileNotFoundError(f"model file not found: {model}")
             model = keras.saving.load_model(model)
         self.model = model
-        self.postprocess_config = postprocess_config or PostprocessConfig()
+        self.postprocess_config = postprocess_config or model.postprocess_config
         self.batch_size = int(batch_size)
         self.inference_model = build_inference_model(model, self.postprocess_config)
         cfg = model.model_config
-        self.class_names = list(cfg.class_names or [str(i) for i in range(cfg.num_classes)])
+        self.class_names = model.labels_config.names(cfg.num_classes)
 
     def predict(self, images):
         if isinstance(images, np.ndarray) and images.ndim == 3:

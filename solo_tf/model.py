@@ -16,7 +16,15 @@ import keras
 from keras import layers, ops
 
 from solo_tf.backbones import build_backbone
-from solo_tf.config import ModelConfig, section_from_dict
+from solo_tf.config import (
+    CONFIG_VERSION,
+    LabelsConfig,
+    LossConfig,
+    ModelConfig,
+    PostprocessConfig,
+    migrate,
+    section_from_dict,
+)
 from solo_tf.fpn import FeaturePyramid
 from solo_tf.heads import SOLOHead, SOLOv2Head, level_features
 from solo_tf.losses import dice_loss, sigmoid_focal_loss
@@ -27,12 +35,13 @@ MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
 
 
-def _as_model_config(model_config) -> ModelConfig:
-    if isinstance(model_config, ModelConfig):
-        return model_config
-    cfg = section_from_dict(ModelConfig, dict(model_config), "model")
-    cfg.validate()
-    return cfg
+def _section(cls, value, where):
+    """A config section from its dataclass, its dict form or None (the defaults)."""
+    if value is None:
+        value = cls()
+    elif not isinstance(value, cls):
+        value = section_from_dict(cls, dict(value), where)
+    return value
 
 
 @keras.saving.register_keras_serializable(package="solo_tf")
@@ -40,7 +49,12 @@ class SOLO(keras.Model):
     """SOLO / Decoupled SOLO / SOLOv2 instance segmentation model.
 
     Args:
-        model_config: a :class:`solo_tf.config.ModelConfig` (or its dict form).
+        model_config: a :class:`solo_tf.config.ModelConfig` (or its dict form): architecture.
+        loss_config: a :class:`solo_tf.config.LossConfig` (default: the paper's weights).
+        labels_config: a :class:`solo_tf.config.LabelsConfig`: class names and dataset
+            category ids, saved with the model.
+        postprocess_config: a :class:`solo_tf.config.PostprocessConfig`: the decoder
+            settings inference uses by default, saved with the model.
 
     Inputs: images (B, H, W, 3) float RGB 0-255, (H, W) = ``model_config.image_size``;
     normalisation (ImageNet mean/std) is inside the model.
@@ -56,8 +70,15 @@ class SOLO(keras.Model):
     ``grid_category_{l}`` / ``grid_owner_{l}`` (B, S, S) computed by the pipeline.
     """
 
-    def __init__(self, model_config, **kwargs):
-        cfg = _as_model_config(model_config)
+    def __init__(self, model_config, loss_config=None, labels_config=None, postprocess_config=None, **kwargs):
+        cfg = _section(ModelConfig, model_config, "model")
+        cfg.validate()
+        loss_cfg = _section(LossConfig, loss_config, "loss")
+        loss_cfg.validate()
+        labels_cfg = _section(LabelsConfig, labels_config, "labels")
+        labels_cfg.validate(cfg.num_classes)
+        post_cfg = _section(PostprocessConfig, postprocess_config, "postprocess")
+        post_cfg.validate()
         h, w = cfg.image_size
 
         # --- layers ---
@@ -94,18 +115,41 @@ class SOLO(keras.Model):
 
         # --- config and loss trackers ---
         self.model_config = cfg
+        self.loss_config = loss_cfg
+        self.labels_config = labels_cfg
+        self.postprocess_config = post_cfg
         self.focal_loss_tracker = keras.metrics.Mean(name="focal_loss")
         self.dice_loss_tracker = keras.metrics.Mean(name="dice_loss")
 
     # ------------------------------------------------------------------------------------
     def get_config(self):
-        d = dataclasses.asdict(self.model_config)
-        d["backbone_weights"] = None  # the saved weights replace any initial weights
-        return {"model_config": d, "name": self.name, "trainable": self.trainable}
+        model = dataclasses.asdict(self.model_config)
+        model["backbone_weights"] = None  # the saved weights replace any initial weights
+        return {
+            "config_version": CONFIG_VERSION,
+            "model_config": model,
+            "loss_config": dataclasses.asdict(self.loss_config),
+            "labels_config": dataclasses.asdict(self.labels_config),
+            "postprocess_config": dataclasses.asdict(self.postprocess_config),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        """Rebuild from :meth:`get_config`; configs of older versions are migrated first
+        (version 1 kept loss weights, labels and max_instances inside ``model_config``)."""
+        config = dict(config)
+        version = config.pop("config_version", 1)
+        sections = migrate(
+            {"version": version, "model": config.pop("model_config"), "loss": config.pop("loss_config", None),
+             "labels": config.pop("labels_config", None)},
+            "saved model config",
+        )
+        return cls(
+            sections["model"], sections.get("loss"), sections.get("labels"),
+            config.pop("postprocess_config", None), **config,
+        )
 
     # ------------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -125,6 +169,7 @@ class SOLO(keras.Model):
             max(num_pos, 1); with no positives Dice is exactly 0.
         """
         cfg = self.model_config
+        loss_cfg = self.loss_config
         grids = self.grid_targets(y)
         classes_flat, logits_flat = [], []
         for lvl, (category, _) in enumerate(grids):
@@ -135,12 +180,12 @@ class SOLO(keras.Model):
         onehot = ops.one_hot(ops.maximum(cate, 0), cfg.num_classes) * ops.cast(cate >= 0, "float32")[..., None]
         num_pos = ops.sum(ops.cast(cate >= 0, "float32"))
         focal_sum = sigmoid_focal_loss(
-            ops.concatenate(logits_flat, axis=1), onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma
+            ops.concatenate(logits_flat, axis=1), onehot, alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma
         )
-        focal = cfg.focal_weight * focal_sum / (num_pos + 1.0)
+        focal = loss_cfg.focal_weight * focal_sum / (num_pos + 1.0)
 
         dice_sum, dice_count = self._dice_terms(y, y_pred, grids)
-        dice = cfg.dice_weight * dice_sum / ops.maximum(dice_count, 1.0)
+        dice = loss_cfg.dice_weight * dice_sum / ops.maximum(dice_count, 1.0)
         return focal, dice
 
     def grid_targets(self, y):
@@ -202,7 +247,9 @@ class SOLO(keras.Model):
         return total, count
 
 
-def build_model(model_config) -> SOLO:
-    """Build a :class:`SOLO` from a ModelConfig, its dict form, or a whole Config."""
-    cfg = getattr(model_config, "model", model_config)
-    return SOLO(cfg)
+def build_model(config) -> SOLO:
+    """Build a :class:`SOLO` from a whole :class:`solo_tf.config.Config` (all its model-side
+    sections) or from a ModelConfig / its dict form (default loss, labels, post-processing)."""
+    if hasattr(config, "model"):
+        return SOLO(config.model, config.loss, config.labels, config.postprocess)
+    return SOLO(config)

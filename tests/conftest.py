@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def tiny_model_config(variant="solov2", image_size=(64, 64), num_classes=3, max_instances=4, **overrides):
+def tiny_model_config(variant="solov2", image_size=(64, 64), num_classes=3, **overrides):
     """A few-thousand-parameter SOLO for tests: tiny backbone, 3 levels, narrow heads."""
     from solo_tf.config import ModelConfig
 
@@ -43,7 +43,6 @@ def tiny_model_config(variant="solov2", image_size=(64, 64), num_classes=3, max_
         mask_feature_channels=16,
         mask_channels=32,
         norm_groups=8,
-        max_instances=max_instances,
     )
     kw.update(overrides)
     cfg = ModelConfig(**kw)

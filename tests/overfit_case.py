@@ -20,7 +20,7 @@ def overfit(variant, batch_path, steps=80):
     images = d["images"]
     y = {k[2:]: d[k] for k in d.files if k.startswith("y_")}
     keras.utils.set_random_seed(0)
-    cfg = tiny_model_config(variant, image_size=images.shape[1:3], num_classes=6, max_instances=y["classes"].shape[1])
+    cfg = tiny_model_config(variant, image_size=images.shape[1:3], num_classes=6)
     model = SOLO(cfg)
     model.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=35.0))
     first = model.evaluate(images, y, batch_size=len(images), verbose=0, return_dict=True)

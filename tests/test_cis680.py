@@ -7,7 +7,7 @@ tf = pytest.importorskip("tensorflow")
 h5py = pytest.importorskip("h5py")
 pytest.importorskip("pycocotools")
 
-from solo_tf.config import DataConfig  # noqa: E402
+from solo_tf.config import CIS680SourceConfig, DataConfig  # noqa: E402
 from solo_tf.data.cis680 import CLASS_NAMES, Cis680Dataset, cis680_source  # noqa: E402
 from solo_tf.data.errors import DataError  # noqa: E402
 
@@ -67,8 +67,10 @@ def open_ds(paths, **kw):
 
 
 def data_config(paths, **kw):
-    return DataConfig(source="cis680", cis680_images=str(paths["images"]), cis680_masks=str(paths["masks"]),
-                      cis680_labels=str(paths["labels"]), cis680_bboxes=str(paths["bboxes"]), trust_pickle=True,
+    return DataConfig(source="cis680", max_instances=4,
+                      cis680=CIS680SourceConfig(images=str(paths["images"]), masks=str(paths["masks"]),
+                                                labels=str(paths["labels"]), bboxes=str(paths["bboxes"]),
+                                                trust_pickle=True),
                       flip=False, **kw)
 
 
@@ -132,7 +134,7 @@ def test_source_splits_and_goes_through_the_pipeline(cis_files):
     assert not set(tr_ids) & set(va_ids) and sorted(tr_ids + va_ids) == list(range(1, 11))
     assert sorted(int(r["image_id"]) for r in cis680_source(cfg, "test").records) == va_ids
 
-    model = tiny_model_config(image_size=(64, 64), num_classes=3, max_instances=4)
+    model = tiny_model_config(image_size=(64, 64), num_classes=3)
     batches = list(prepare(tr.records, model, cfg, batch_size=4, training=True))
     assert len(batches) == 2
     images, y = batches[0]

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from solo_tf.config import Config, DataConfig, TrainConfig
+from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
 
 
 def _tiny_run_config(tmp_path, **train):
-    model = tiny_model_config("solov2", image_size=(64, 64), num_classes=6, max_instances=6)
+    model = tiny_model_config("solov2", image_size=(64, 64), num_classes=6)
     cfg = Config(
         name="tiny_shapes",
         model=model,
-        data=DataConfig(num_train=8, num_val=4, shapes_image_size=(64, 64), shapes_max_objects=3),
+        data=DataConfig(max_instances=6, shapes=ShapesSourceConfig(num_train=8, num_val=4, image_size=(64, 64),
+                                                                     max_objects=3)),
         train=TrainConfig(epochs=2, batch_size=4, warmup_iters=2, decay_epochs=(1,), **train),
     )
     path = tmp_path / "tiny.yaml"
@@ -39,7 +40,7 @@ def test_train_writes_model_checkpoints_and_logs(tmp_path, capsys, targets_in):
     assert history[0].split(",")[:1] == ["epoch"] and "focal_loss" in history[0] and "dice_loss" in history[0]
     assert len(history) == 3
     assert any((out / "logs").rglob("*tfevents*"))
-    assert Config.from_yaml(out / "config.yaml").model.class_names[0] == "circle"
+    assert Config.from_yaml(out / "config.yaml").labels.class_names[0] == "circle"
     model = keras.saving.load_model(out / "model.keras")
     assert model.model_config.num_classes == 6
     assert not list(out.glob(".*tmp*")), "temporary files left behind"

@@ -7,7 +7,7 @@ tf = pytest.importorskip("tensorflow")
 mask_utils = pytest.importorskip("pycocotools.mask")
 Image = pytest.importorskip("PIL.Image")
 
-from solo_tf.config import DataConfig  # noqa: E402
+from solo_tf.config import CocoSourceConfig, DataConfig  # noqa: E402
 from solo_tf.data.coco import CocoDataset, coco_dataset, coco_source, rle_string_counts  # noqa: E402
 from solo_tf.data.errors import BadRecordLog, DataError, bad_record_logs, data_error_from  # noqa: E402
 
@@ -182,12 +182,12 @@ def test_source_goes_through_the_pipeline(coco_files):
     from solo_tf.data.pipeline import RecordSource, prepare
 
     ann, image_dir = coco_files
-    data = DataConfig(source="coco", train_annotations=str(ann), train_images=str(image_dir), flip=False)
+    data = DataConfig(source="coco", max_instances=4, coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir)), flip=False)
     src = coco_source(data, "train", num_classes=3)
     assert isinstance(src, RecordSource)
     assert src.class_names == ("car", "unused", "dog") and src.num_records == 3
     assert coco_source(data, "val", num_classes=3) is None  # no val file configured
-    model = tiny_model_config(image_size=(64, 64), num_classes=3, max_instances=4)
+    model = tiny_model_config(image_size=(64, 64), num_classes=3)
     batches = list(prepare(src.records, model, data, batch_size=3, training=True))
     assert len(batches) == 1
     images, y = batches[0]
@@ -206,7 +206,7 @@ def test_training_order_is_reshuffled_each_epoch(tmp_path):
         data["images"].append({"id": iid, "file_name": f"{iid}.png", "height": 8, "width": 8})
     ann = root / "a.json"
     ann.write_text(json.dumps(data))
-    cfg = DataConfig(source="coco", train_annotations=str(ann), train_images=str(root / "images"), seed=3)
+    cfg = DataConfig(source="coco", max_instances=4, coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(root / "images")), seed=3)
     src = coco_source(cfg, "train", num_classes=1)
     epochs = [[int(r["image_id"]) for r in src.records] for _ in range(2)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(1, 13))
@@ -218,8 +218,8 @@ def test_val_split_uses_the_training_category_map(coco_files, tmp_path):
     val = coco_json()
     val["categories"] = [{"id": 9, "name": "dog"}, {"id": 5, "name": "car"}]  # no id 7: own map would differ
     val_ann, _ = write_coco(tmp_path / "val", val)
-    cfg = DataConfig(source="coco", train_annotations=str(ann), train_images=str(image_dir),
-                     val_annotations=str(val_ann), val_images=str(image_dir))
+    cfg = DataConfig(source="coco", coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir),
+                                                          val_annotations=str(val_ann), val_images=str(image_dir)))
     train = coco_dataset(cfg, "train", progress=False)
     v = coco_dataset(cfg, "val", progress=False)
     assert v.category_map == train.category_map
@@ -227,7 +227,7 @@ def test_val_split_uses_the_training_category_map(coco_files, tmp_path):
 
 def test_num_classes_mismatch_names_the_file(coco_files):
     ann, image_dir = coco_files
-    data = DataConfig(source="coco", train_annotations=str(ann), train_images=str(image_dir))
+    data = DataConfig(source="coco", max_instances=4, coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir)))
     with pytest.raises(DataError, match=r"annotations.json: has 3 categories but model.num_classes is 80"):
         coco_source(data, "train", num_classes=80)
 

@@ -61,3 +61,65 @@ def test_mismatched_levels_rejected():
 def test_missing_preset_lists_the_presets():
     with pytest.raises(ConfigError, match="solov2_r50"):
         load_config("no_such_preset")
+
+
+OLD_LAYOUT = """\
+name: old
+model:
+  variant: solo
+  backbone: tiny
+  num_classes: 3
+  class_names: [a, b, c]
+  category_ids: [1, 5, 9]
+  image_size: [64, 64]
+  max_instances: 7
+  dice_weight: 2.5
+data:
+  source: coco
+  train_annotations: train.json
+  train_images: imgs
+  cis680_images: x.h5
+  trust_pickle: true
+  num_train: 12
+  shapes_image_size: [96, 96]
+  flip: false
+"""
+
+
+def test_old_layout_is_migrated(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_LAYOUT)
+    cfg = Config.from_yaml(path)
+    assert cfg.version == 2
+    assert cfg.labels.class_names == ["a", "b", "c"] and cfg.labels.category_ids == [1, 5, 9]
+    assert cfg.loss.dice_weight == 2.5 and cfg.loss.focal_weight == 1.0
+    assert cfg.data.max_instances == 7
+    assert (cfg.data.coco.train_annotations, cfg.data.coco.train_images) == ("train.json", "imgs")
+    assert cfg.data.cis680.images == "x.h5" and cfg.data.cis680.trust_pickle is True
+    assert cfg.data.shapes.num_train == 12 and cfg.data.shapes.image_size == (96, 96)
+    assert cfg.data.flip is False and cfg.model.variant == "solo"
+    # written back in the new layout, it reads the same
+    cfg.to_yaml(tmp_path / "new.yaml")
+    assert "version: 2" in (tmp_path / "new.yaml").read_text()
+    assert Config.from_yaml(tmp_path / "new.yaml") == cfg
+
+
+def test_newer_version_says_to_upgrade(tmp_path):
+    path = tmp_path / "future.yaml"
+    path.write_text("version: 99\nname: x\n")
+    with pytest.raises(ConfigError, match=r"version 99 .*newer solo-tf.*upgrade"):
+        Config.from_yaml(path)
+
+
+def test_labels_must_match_num_classes(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 2\nmodel: {num_classes: 2}\nlabels: {class_names: [a, b, c]}\n")
+    with pytest.raises(ConfigError, match=r"labels\.class_names has 3 names for 2 classes"):
+        Config.from_yaml(path)
+
+
+def test_sections_are_separate():
+    cfg = Config()
+    assert not hasattr(cfg.model, "max_instances") and not hasattr(cfg.model, "class_names")
+    assert not hasattr(cfg.model, "focal_alpha") and not hasattr(cfg.data, "train_annotations")
+    assert cfg.data.max_instances == 100 and cfg.loss.dice_weight == 3.0

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from solo_tf.config import PostprocessConfig
+from solo_tf.config import LabelsConfig, PostprocessConfig
 from solo_tf.model import SOLO
 
 
 def _model(variant="solov2"):
-    return SOLO(tiny_model_config(variant, image_size=(64, 64), num_classes=6, class_names=list("abcdef")))
+    return SOLO(tiny_model_config(variant, image_size=(64, 64), num_classes=6),
+                labels_config=LabelsConfig(class_names=list("abcdef")))
 
 
 def test_letterbox_keeps_aspect_and_pads():
@@ -96,13 +97,13 @@ def test_predict_command_names_a_bad_image(tmp_path, capsys):
 
 def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
     from solo_tf.cli import main
-    from solo_tf.config import Config, DataConfig, TrainConfig
+    from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
 
     model = _model()
     run = tmp_path / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    Config(name="t", model=model.model_config, data=DataConfig(num_train=4, num_val=3, shapes_image_size=(64, 64)),
+    Config(name="t", model=model.model_config, data=DataConfig(shapes=ShapesSourceConfig(num_train=4, num_val=3, image_size=(64, 64))),
            train=TrainConfig(batch_size=2)).to_yaml(run / "config.yaml")
     assert main(["evaluate", "--model", str(run / "model.keras")]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

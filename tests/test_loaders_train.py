@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from conftest import tiny_model_config
-from solo_tf.config import Config, DataConfig, TrainConfig
+from solo_tf.config import CocoSourceConfig, Config, DataConfig, LabelsConfig, TrainConfig
 
 
 def _train(tmp_path, data, num_classes, capsys):
@@ -16,7 +16,7 @@ def _train(tmp_path, data, num_classes, capsys):
 
     cfg = Config(
         name="loader",
-        model=tiny_model_config("solov2", image_size=(64, 64), num_classes=num_classes, max_instances=4),
+        model=tiny_model_config("solov2", image_size=(64, 64), num_classes=num_classes),
         data=data,
         train=TrainConfig(epochs=1, batch_size=2, steps_per_epoch=3, warmup_iters=1),
     )
@@ -33,11 +33,12 @@ def test_tiny_model_trains_from_coco(tmp_path, capsys):
     from test_coco import write_coco
 
     ann, images = write_coco(tmp_path / "coco")
-    data = DataConfig(source="coco", train_annotations=str(ann), train_images=str(images), flip=False)
+    data = DataConfig(source="coco", max_instances=4,
+                      coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(images)), flip=False)
     model = _train(tmp_path, data, 3, capsys)
     # categories 5 "car", 7 "unused", 9 "dog" -> contiguous 0, 1, 2
-    assert model.model_config.category_ids == [5, 7, 9]
-    assert model.model_config.class_names == ["car", "unused", "dog"]
+    assert model.labels_config.category_ids == [5, 7, 9]
+    assert model.labels_config.class_names == ["car", "unused", "dog"]
 
 
 def test_tiny_model_trains_from_cis680(tmp_path, capsys):
@@ -45,7 +46,7 @@ def test_tiny_model_trains_from_cis680(tmp_path, capsys):
 
     paths = write_cis680(tmp_path / "cis")
     model = _train(tmp_path, data_config(paths), 3, capsys)
-    assert model.model_config.class_names == ["vehicle", "person", "animal"]
+    assert model.labels_config.class_names == ["vehicle", "person", "animal"]
 
 
 def test_cis680_without_trust_flag_explains_pickle(tmp_path, capsys):
@@ -54,7 +55,7 @@ def test_cis680_without_trust_flag_explains_pickle(tmp_path, capsys):
 
     paths = write_cis680(tmp_path / "cis")
     data = data_config(paths)
-    data.trust_pickle = False
+    data.cis680.trust_pickle = False
     cfg = Config(name="x", model=tiny_model_config("solov2", num_classes=3), data=data,
                  train=TrainConfig(epochs=1, batch_size=2, steps_per_epoch=1))
     cfg.to_yaml(tmp_path / "c.yaml")
@@ -87,8 +88,8 @@ def test_evaluate_command_on_a_coco_json(tmp_path, capsys):
     from test_coco import write_coco
 
     ann, _ = write_coco(tmp_path / "coco")
-    model = SOLO(tiny_model_config("solov2", image_size=(64, 64), num_classes=3,
-                                   class_names=["car", "unused", "dog"], category_ids=[5, 7, 9]))
+    model = SOLO(tiny_model_config("solov2", image_size=(64, 64), num_classes=3),
+                 labels_config=LabelsConfig(class_names=["car", "unused", "dog"], category_ids=[5, 7, 9]))
     model.save(tmp_path / "model.keras")
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(tmp_path / "model.keras"), "--data", str(ann), "--out", str(out)]) == 0

@@ -16,11 +16,12 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def shapes_batch(tmp_path_factory):
     from conftest import tiny_model_config
-    from solo_tf.config import DataConfig
+    from solo_tf.config import DataConfig, ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
 
-    cfg = tiny_model_config("solov2", image_size=(64, 64), num_classes=6, max_instances=6)
-    data = DataConfig(num_train=4, shapes_image_size=(64, 64), shapes_max_objects=3, flip=False)
+    cfg = tiny_model_config("solov2", image_size=(64, 64), num_classes=6)
+    data = DataConfig(max_instances=6, shapes=ShapesSourceConfig(num_train=4, image_size=(64, 64), max_objects=3),
+                      flip=False)
     src = shapes_source(data, "train", 6)
     images, y = next(iter(prepare(src.records, cfg, data, batch_size=4, training=False)))
     assert int((y["classes"].numpy() >= 0).sum()) >= 4  # a few real objects to learn

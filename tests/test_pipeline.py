@@ -34,8 +34,8 @@ def make_record(h=100, w=150, image_id=0, seed=0):
 
 
 def configs(image_size=(128, 128), max_instances=4, num_classes=3, **data):
-    model = ModelConfig(image_size=image_size, max_instances=max_instances, num_classes=num_classes)
-    data = DataConfig(**{"flip": False, **data})
+    model = ModelConfig(image_size=image_size, num_classes=num_classes)
+    data = DataConfig(**{"flip": False, "max_instances": max_instances, **data})
     return model, data
 
 
@@ -227,9 +227,9 @@ def shapes_config():
     cfg = Config()
     cfg.model.image_size = (64, 64)
     cfg.model.num_classes = len(CLASS_NAMES)
-    cfg.model.max_instances = 8
-    cfg.data.shapes_image_size = (64, 64)
-    cfg.data.num_train, cfg.data.num_val = 6, 4
+    cfg.data.max_instances = 8
+    cfg.data.shapes.image_size = (64, 64)
+    cfg.data.shapes.num_train, cfg.data.shapes.num_val = 6, 4
     cfg.train.batch_size = 2
     return cfg
 

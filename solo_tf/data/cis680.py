@@ -9,7 +9,7 @@ Layout (DESIGN.md, "The seed's own dataset")::
 
 The npy files are numpy object arrays, which load only through pickle, and unpickling can
 run arbitrary code: :class:`Cis680Dataset` loads them only with ``trust_pickle=True``
-(``--trust-pickle`` / ``data.trust_pickle``) and otherwise raises a DataError saying why.
+(``--trust-pickle`` / ``data.cis680.trust_pickle``) and otherwise raises a DataError saying why.
 Plain (non-object) arrays, e.g. a (N, k) int array, load either way.
 
 Bad input raises :class:`~solo_tf.data.errors.DataError` naming the file and the image;
@@ -35,7 +35,7 @@ _SCAN_CHUNK = 128  # masks read per h5 slice while scanning
 
 PICKLE_REFUSED = (
     "holds a numpy object array, which numpy can only load through pickle; unpickling a file "
-    "can run arbitrary code, so it is refused by default. Pass --trust-pickle (data.trust_pickle: "
+    "can run arbitrary code, so it is refused by default. Pass --trust-pickle (data.cis680.trust_pickle: "
     "true; trust_pickle=True) only for files you trust, or convert them once with "
     "`solo-tf convert` on a trusted machine."
 )
@@ -329,16 +329,17 @@ _cache_lock = threading.Lock()
 
 def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
     """The validated :class:`Cis680Dataset` of a DataConfig (cached: train and val share one scan)."""
-    paths = (data_config.cis680_images, data_config.cis680_masks, data_config.cis680_labels)
+    c = data_config.cis680
+    paths = (c.images, c.masks, c.labels)
     missing = [k for k, p in zip(("cis680_images", "cis680_masks", "cis680_labels"), paths) if not p]
     if missing:
         raise DataError(f"data.source is 'cis680' but data.{missing[0]} is not set")
-    key = tuple(file_key(p) for p in (*paths, data_config.cis680_bboxes)) + (
-        bool(data_config.trust_pickle), bool(data_config.skip_bad))
+    key = tuple(file_key(p) for p in (*paths, c.bboxes)) + (
+        bool(c.trust_pickle), bool(data_config.skip_bad))
     with _cache_lock:
         ds = _cache.get(key)
         if ds is None:
-            ds = Cis680Dataset(*paths, bboxes_npy=data_config.cis680_bboxes, trust_pickle=data_config.trust_pickle,
+            ds = Cis680Dataset(*paths, bboxes_npy=c.bboxes, trust_pickle=c.trust_pickle,
                                skip_bad=data_config.skip_bad, progress=progress)
             _cache.clear()  # one dataset at a time: each holds open h5 handles
             _cache[key] = ds
@@ -348,7 +349,7 @@ def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
 def cis680_source(data_config, split: str, num_classes: int | None = None):
     """Records of the seeded ``train`` / ``val`` (alias ``test``) split as a RecordSource.
 
-    The split is ``data_config.val_fraction`` (0.2: the homework's 80/20) of the images,
+    The split is ``data_config.cis680.val_fraction`` (0.2: the homework's 80/20) of the images,
     drawn with ``data_config.seed``. Training records come in a freshly shuffled order
     each epoch.
     """
@@ -360,7 +361,7 @@ def cis680_source(data_config, split: str, num_classes: int | None = None):
         raise DataError(f"the cis680 source has {len(CLASS_NAMES)} classes ({', '.join(CLASS_NAMES)}) but "
                         f"model.num_classes is {num_classes}; set model.num_classes: {len(CLASS_NAMES)}")
     ds = cis680_dataset(data_config)
-    train, val = ds.split(data_config.val_fraction, data_config.seed)
+    train, val = ds.split(data_config.cis680.val_fraction, data_config.seed)
     indices = train if split == "train" else val
     records = ds.records(indices, shuffle=split == "train", seed=int(data_config.seed))
     return RecordSource(records, CLASS_NAMES, len(indices))

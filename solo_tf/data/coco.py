@@ -513,17 +513,18 @@ def coco_dataset(
     """
     if split not in ("train", "val"):
         raise DataError(f"coco: split must be 'train' or 'val', got {split!r}")
-    ann = data_config.train_annotations if split == "train" else data_config.val_annotations
-    images = data_config.train_images if split == "train" else data_config.val_images
+    coco = data_config.coco
+    ann = coco.train_annotations if split == "train" else coco.val_annotations
+    images = coco.train_images if split == "train" else coco.val_images
     if ann is None:
         if split == "val":
             return None
-        raise DataError("data.source is 'coco' but data.train_annotations is not set")
+        raise DataError("data.source is 'coco' but data.coco.train_annotations is not set")
     if images is None:
         images = str(Path(ann).parent)  # image files beside the JSON when no folder is given
-    if category_map is None and split == "val" and data_config.train_annotations:
+    if category_map is None and split == "val" and coco.train_annotations:
         with _cache_lock:
-            category_map = _train_category_maps.get(file_key(data_config.train_annotations))
+            category_map = _train_category_maps.get(file_key(coco.train_annotations))
     ds = CocoDataset(ann, images, skip_bad=data_config.skip_bad, category_map=category_map, progress=progress)
     if split == "train":
         with _cache_lock:

@@ -14,7 +14,7 @@ records plus their class names and count); :func:`shapes_source` is the embedded
 :func:`prepare` resizes each record to fit ``model.image_size`` (keeping the aspect ratio),
 optionally augments (multi-scale, horizontal flip), pads bottom/right, computes boxes and
 centres of mass from the full-resolution masks, downsamples the masks to stride 4, pads the
-ground truth to ``model.max_instances`` (class -1) and batches. Per image, all tf ops: no
+ground truth to ``data.max_instances`` (class -1) and batches. Per image, all tf ops: no
 Python per object. Objects lost on the way (empty after resizing, or beyond
 ``max_instances``) are counted in a :class:`PipelineStats` and, with ``with_meta``, per image.
 """
@@ -48,7 +48,7 @@ class PipelineStats:
 
     ``images``: records prepared; ``objects``: instances seen in them; ``dropped_empty``:
     instances whose mask became empty after resizing; ``dropped_overflow``: instances beyond
-    ``model.max_instances`` (the smallest by mask area).
+    ``data.max_instances`` (the smallest by mask area).
     """
 
     KEYS = ("images", "objects", "dropped_empty", "dropped_overflow")
@@ -86,14 +86,15 @@ def shapes_source(data_config, split: str, num_classes: int | None = None) -> Re
             f"model.num_classes is {num_classes} but the shapes source has {len(SHAPES_CLASS_NAMES)} "
             f"classes ({', '.join(SHAPES_CLASS_NAMES)}); set model.num_classes: {len(SHAPES_CLASS_NAMES)}"
         )
-    count = int(data_config.num_train if split == "train" else data_config.num_val)
+    shapes = data_config.shapes
+    count = int(shapes.num_train if split == "train" else shapes.num_val)
     offset = 0 if split == "train" else SHAPES_VAL_INDEX_OFFSET
     gen = ShapesGenerator(
-        image_size=tuple(data_config.shapes_image_size),
-        max_objects=data_config.shapes_max_objects,
+        image_size=tuple(shapes.image_size),
+        max_objects=shapes.max_objects,
         seed=data_config.seed,
-        min_size=data_config.shapes_object_size[0],
-        max_size=data_config.shapes_object_size[1],
+        min_size=shapes.object_size[0],
+        max_size=shapes.object_size[1],
     )
     h, w = gen.image_size
 
@@ -137,7 +138,7 @@ def load_source(config, split):
         return src
     if isinstance(src, tf.data.Dataset):  # a bare dataset: take what we can from it
         n = int(src.cardinality())
-        names = tuple(config.model.class_names or getattr(module, "CLASS_NAMES", ()))
+        names = tuple(config.labels.class_names or getattr(module, "CLASS_NAMES", ()))
         return RecordSource(src, names, n if n >= 0 else 0)
     raise TypeError(f"{module_name}.{fn_name} returned {type(src).__name__}, expected RecordSource")
 
@@ -184,7 +185,7 @@ def prepare(
 ) -> tf.data.Dataset:
     """Records -> batches of ``(images, y)`` or, with ``with_meta``, ``(images, y, meta)``.
 
-    With H, W = ``model_config.image_size``, N = ``model_config.max_instances``, B = batch:
+    With H, W = ``model_config.image_size``, N = ``data_config.max_instances``, B = batch:
 
     * ``images`` (B, H, W, 3) float32 RGB 0-255; the resized image sits top-left, zeros pad.
     * ``y["classes"]`` (B, N) int32, -1 = padding; ``y["boxes"]`` (B, N, 4) float32 x1 y1 x2 y2
@@ -209,7 +210,7 @@ def prepare(
     H, W = (int(v) for v in model_config.image_size)
     if H % _MASK_STRIDE or W % _MASK_STRIDE:
         raise ValueError(f"model.image_size must be a multiple of {_MASK_STRIDE}, got {model_config.image_size}")
-    N = int(model_config.max_instances)
+    N = int(data_config.max_instances)
     num_classes = int(model_config.num_classes)
     multiscale = tuple(data_config.multiscale) if (training and data_config.multiscale) else None
     max_long = data_config.max_long_side if multiscale else None
