@@ -3,18 +3,26 @@
 Names (``BACKBONES``):
 
 - ``tiny``: four small conv/BN/ReLU stages (16-64 channels) for tests and demos.
-- ``resnet18`` / ``resnet34``: basic-block ResNets written here with Keras layers in the
-  torchvision layout (7x7/2 conv, 3x3/2 max-pool, stages [2, 2, 2, 2] / [3, 4, 6, 3], BN,
-  explicit symmetric padding); layers are named after torchvision's parameters
-  (``conv1``, ``bn1``, ``layer2_0_conv1``, ``layer2_0_downsample_bn``, ...) so ported
-  weights map one to one. No ImageNet weights ship for these.
-- ``resnet50`` / ``resnet101``: ``keras.applications`` bottleneck ResNets.
+- ``resnet18`` / ``resnet34`` (basic blocks, stages [2, 2, 2, 2] / [3, 4, 6, 3]) and
+  ``resnet50`` / ``resnet101`` (bottlenecks, [3, 4, 6, 3] / [3, 4, 23, 3]): written here with
+  Keras layers in torchvision's layout: 7x7/2 conv, 3x3/2 max-pool, the stride of a
+  bottleneck on its 3x3 conv (torchvision "v1.5", mmdet ``style='pytorch'``), no conv
+  biases, BatchNorm eps 1e-5, explicit symmetric padding. Layers are named after
+  torchvision's parameters (``conv1``, ``bn1``, ``layer2_0_conv1``, ``layer2_0_bn3``,
+  ``layer2_0_downsample_conv`` = ``layer2.0.downsample.0``, ``layer2_0_downsample_bn`` =
+  ``layer2.0.downsample.1``), so torchvision and timm ``*.tv_in1k`` checkpoints load one to
+  one through :mod:`solo_tf.weights` (``weights=`` a ``.safetensors`` / ``.npz`` /
+  ``.pth`` file).
 - ``mobilenetv3_small`` / ``mobilenetv3_large``: ``keras.applications`` MobileNetV3
-  (``minimalistic=False``, ``include_preprocessing=False``).
+  (``minimalistic=False``, ``include_preprocessing=False``; the model normalises).
 
-Every backbone expects the input the SOLO model gives it: RGB normalised with the ImageNet
-mean/std (see :mod:`solo_tf.model`). Input height and width must be multiples of 32 so the
-four levels halve exactly (the feature pyramid relies on that).
+Input normalisation follows the weights: :func:`backbone_input_normalization` says which
+mean/std (RGB, 0-255 scale) a backbone expects; the SOLO model normalises with it. Input
+height and width must be multiples of 32 so the four levels halve exactly (the feature
+pyramid relies on that).
+
+:func:`freeze_backbone` applies the reference's ``norm_eval`` / ``frozen_stages`` to a
+built backbone.
 """
 
 from __future__ import annotations
@@ -39,12 +47,34 @@ BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
 }
 BACKBONES = tuple(BACKBONE_CHANNELS)
 
+# ImageNet statistics in RGB, 0-255 scale: what torchvision / timm ``tv_in1k`` ResNets were
+# trained with, and what the reference SOLO normalises with.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# keras.applications MobileNetV3's own preprocessing: x / 127.5 - 1 (its Rescaling layer).
+_MINUS_ONE_TO_ONE = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
+
+# (mean, std) per backbone, RGB on the 0-255 scale: normalised = (image - mean) / std.
+BACKBONE_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "tiny": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "resnet18": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "resnet34": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "resnet50": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "resnet101": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "mobilenetv3_small": _MINUS_ONE_TO_ONE,
+    "mobilenetv3_large": _MINUS_ONE_TO_ONE,
+}
+
 _TINY_CHANNELS = BACKBONE_CHANNELS["tiny"]
-_BASIC_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+# name: (block kind, blocks per stage)
+RESNETS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+}
 _APPLICATIONS = {
     # name: (constructor name, keyword arguments, layers giving C2..C5; None = model output)
-    "resnet50": ("ResNet50", {}, ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")),
-    "resnet101": ("ResNet101", {}, ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out")),
     # The last block output at each stride; C5 is the final 1x1 conv + hard-swish.
     "mobilenetv3_small": (
         "MobileNetV3Small",
@@ -57,6 +87,8 @@ _APPLICATIONS = {
         ("expanded_conv_2_add", "expanded_conv_5_add", "expanded_conv_11_add", None),
     ),
 }
+# Checkpoint files read by solo_tf.weights (torchvision / timm state dicts).
+TORCH_CHECKPOINT_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin")
 
 
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
@@ -65,34 +97,47 @@ def backbone_channels(name: str) -> tuple[int, int, int, int]:
     return BACKBONE_CHANNELS[name]
 
 
+def backbone_input_normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) per RGB channel, 0-255 scale, that backbone ``name`` expects its input
+    normalised with: ``x = (image - mean) / std``.
+
+    ResNets (and ``tiny``): the ImageNet mean/std, as torchvision and timm ``*.tv_in1k``
+    weights were trained. MobileNetV3: keras.applications' own ``x / 127.5 - 1``, as its
+    ``"imagenet"`` weights were trained. The value depends on the backbone only, never on
+    where its initial weights came from, so a model saved and rebuilt from its config
+    normalises exactly as it was trained.
+    """
+    _check_name(name)
+    return BACKBONE_NORMALIZATION[name]
+
+
 def build_backbone(name: str, input_shape, weights: str | os.PathLike | None = None) -> keras.Model:
     """Build backbone ``name`` as a functional ``keras.Model``.
 
     Args:
         name: one of ``BACKBONES``.
         input_shape: (H, W, 3); H and W multiples of 32 (or None for a dynamic size).
-        weights: None (random initialisation), ``"imagenet"`` (keras.applications backbones
-            only; downloaded by Keras on first use), or a path to a local ``.weights.h5``
-            file written by ``backbone.save_weights`` for the same backbone.
+        weights: None (random initialisation); ``"imagenet"`` (MobileNetV3 only: downloaded
+            by keras.applications on first use); a torchvision or timm (``*.tv_in1k``)
+            ResNet checkpoint, ``.safetensors`` / ``.npz`` (numpy only) or ``.pth`` /
+            ``.pt`` / ``.bin`` (needs PyTorch), for ``resnet18/34/50/101`` (see
+            :func:`solo_tf.weights.load_torchvision_resnet` for the exact mapping); or a
+            local ``.weights.h5`` file written by ``backbone.save_weights`` for the same
+            backbone.
 
     Returns:
-        A model named ``backbone`` mapping images (B, H, W, 3), RGB normalised with the
-        ImageNet mean/std, to ``{"C2": (B, H/4, W/4, c2), "C3": (B, H/8, W/8, c3),
-        "C4": (B, H/16, W/16, c4), "C5": (B, H/32, W/32, c5)}``, (c2..c5) =
-        ``BACKBONE_CHANNELS[name]``.
-
-    Note on ``"imagenet"`` for resnet50/101 (and MobileNetV3): the keras.applications
-    weights were trained on caffe-style input (BGR, mean subtracted, no std) and [-1, 1]
-    respectively. The model keeps normalising with the ImageNet mean/std in RGB; this is
-    what the reference implementation does with its torchvision weights, and fine-tuning
-    absorbs the difference, but the pretrained features are not exactly the ones the
-    weights were trained to produce.
+        A model named ``backbone`` mapping images (B, H, W, 3), normalised as
+        :func:`backbone_input_normalization` says, to ``{"C2": (B, H/4, W/4, c2),
+        "C3": (B, H/8, W/8, c3), "C4": (B, H/16, W/16, c4), "C5": (B, H/32, W/32, c5)}``,
+        (c2..c5) = ``BACKBONE_CHANNELS[name]``.
 
     Raises:
-        ValueError: unknown name, bad input shape, ``"imagenet"`` for a backbone without
-            ImageNet weights, or a weights file that is not ``.weights.h5`` or does not
-            match the backbone (the message names the file).
+        ValueError: unknown name, bad input shape, ``"imagenet"`` for a backbone without a
+            keras.applications download, a file of an unknown kind, a checkpoint for a
+            backbone it cannot fit, or one that does not match (the message names the file
+            and the key).
         FileNotFoundError: the weights file does not exist (the message names it).
+        ImportError: a ``.pth`` / ``.pt`` / ``.bin`` checkpoint where PyTorch is not installed.
     """
     _check_name(name)
     input_shape = _check_input_shape(input_shape)
@@ -101,27 +146,80 @@ def build_backbone(name: str, input_shape, weights: str | os.PathLike | None = N
         path = os.fspath(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"backbone weights file not found: {path}")
-        if not path.endswith(".weights.h5"):
-            raise ValueError(f"backbone weights file {path} must be a Keras '.weights.h5' file (backbone.save_weights)")
+        if not path.endswith((".weights.h5",) + TORCH_CHECKPOINT_SUFFIXES):
+            raise ValueError(
+                f"backbone weights file {path} must be a Keras '.weights.h5' file (backbone.save_weights) "
+                f"or a torchvision/timm ResNet checkpoint ({', '.join(TORCH_CHECKPOINT_SUFFIXES)})"
+            )
+        if path.endswith(TORCH_CHECKPOINT_SUFFIXES) and name not in RESNETS:
+            raise ValueError(
+                f"backbone weights file {path} is a torchvision-style checkpoint; those load into "
+                f"{', '.join(RESNETS)} only, not {name!r}"
+            )
     if weights == "imagenet" and name not in _APPLICATIONS:
         raise ValueError(
-            f"no ImageNet weights ship for backbone {name!r} (only for {', '.join(_APPLICATIONS)}); "
-            "pass a local '.weights.h5' file instead (e.g. converted from torchvision), or weights=None"
+            f"no ImageNet weights download for backbone {name!r} (only for {', '.join(_APPLICATIONS)}); "
+            "pass a local file instead: a torchvision or timm '*.tv_in1k' ResNet checkpoint "
+            f"({', '.join(TORCH_CHECKPOINT_SUFFIXES)}), a '.weights.h5' file, or weights=None"
         )
 
     if name == "tiny":
         model = _tiny(input_shape)
-    elif name in _BASIC_BLOCKS:
-        model = _basic_resnet(input_shape, _BASIC_BLOCKS[name])
+    elif name in RESNETS:
+        model = _resnet(input_shape, *RESNETS[name])
     else:
         model = _application(name, input_shape, imagenet=weights == "imagenet")
 
     if path is not None:
-        _load_weights(model, name, path)
+        if path.endswith(".weights.h5"):
+            _load_keras_weights(model, name, path)
+        else:
+            from solo_tf.weights import load_torchvision_resnet
+
+            load_torchvision_resnet(model, path)
     return model
 
 
-def _load_weights(model, name, path):
+def freeze_backbone(backbone: keras.Model, norm_eval: bool, frozen_stages: int) -> keras.Model:
+    """Freeze parts of a built backbone as the reference does (mmdet ``norm_eval``,
+    ``frozen_stages``); call it before ``compile``.
+
+    Args:
+        backbone: a model from :func:`build_backbone` (any name).
+        norm_eval: every BatchNormalization layer of the backbone gets ``trainable=False``:
+            in Keras 3 such a layer runs in inference mode even under ``fit`` (moving
+            statistics used, never updated) and its gamma/beta are not trained. (mmdet's
+            SOLO keeps training gamma/beta under ``norm_eval``; AdelaiDet's FrozenBN fixes
+            them as here.)
+        frozen_stages: 0 freezes nothing; k in 1..4 freezes the stem and stages 1..k,
+            i.e. every layer that C_{k+1} depends on (1: stem + ``layer1``, the reference
+            default for a pretrained ResNet). Frozen layers, their BatchNorm included, are
+            not trained and run in inference mode.
+
+    Returns:
+        ``backbone`` itself, modified in place.
+
+    Raises:
+        ValueError: ``frozen_stages`` outside 0..4, or a model without the C2..C5 outputs.
+    """
+    if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or not 0 <= frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be an int in 0..4, got {frozen_stages!r}")
+    outputs = backbone.output
+    if not isinstance(outputs, dict) or set(outputs) != set(LEVELS):
+        raise ValueError(f"freeze_backbone needs a backbone with outputs {LEVELS}, got {backbone.name!r}")
+    if norm_eval:
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+    if frozen_stages:
+        # The layers C_{k+1} depends on: a sub-model over the same layers lists them.
+        upstream = keras.Model(backbone.inputs, outputs[LEVELS[frozen_stages - 1]])
+        for layer in upstream.layers:
+            layer.trainable = False
+    return backbone
+
+
+def _load_keras_weights(model, name, path):
     # Keras reports layers it could not match as UserWarnings (one per layer) and then
     # usually raises; a partial load must never pass silently, so skipped layers are errors.
     with warnings.catch_warnings(record=True) as caught:
@@ -160,44 +258,72 @@ def _conv_bn_relu(x, channels, kernel, stride, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _basic_resnet(input_shape, blocks) -> keras.Model:
+def _resnet(input_shape, kind, blocks) -> keras.Model:
+    """torchvision ``ResNet``: stem, then four stages of ``blocks`` blocks; C2..C5 are the
+    stage outputs. Stage widths 64..512 (x4 at the output of a bottleneck)."""
     images = keras.Input(shape=input_shape, name="images")
     # Explicit symmetric padding + "valid" reproduces torchvision's padding exactly; Keras
     # "same" pads stride-2 convolutions asymmetrically, which would shift ported weights.
     x = layers.ZeroPadding2D(3, name="conv1_pad")(images)
-    x = layers.Conv2D(64, 7, 2, use_bias=False, kernel_initializer=_kaiming(), name="conv1")(x)
+    x = _conv(x, 64, 7, 2, "conv1")
     x = _bn(x, "bn1")
     x = layers.ReLU(name="relu")(x)
     # Zero padding equals torchvision's -inf padding here because the input is post-ReLU.
     x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, 2, name="maxpool")(x)
+    block = _basic_block if kind == "basic" else _bottleneck
     outputs = {}
-    for stage, (level, n, ch) in enumerate(zip(LEVELS, blocks, (64, 128, 256, 512))):
+    for stage, (level, n, width) in enumerate(zip(LEVELS, blocks, (64, 128, 256, 512))):
         for b in range(n):
             stride = 2 if stage > 0 and b == 0 else 1
-            x = _basic_block(x, ch, stride, f"layer{stage + 1}_{b}")
+            x = block(x, width, stride, f"layer{stage + 1}_{b}")
         outputs[level] = x
     return keras.Model(images, outputs, name="backbone")
 
 
-def _basic_block(x, channels, stride, name):
-    shortcut = x
-    if stride != 1 or x.shape[-1] != channels:
-        shortcut = layers.Conv2D(
-            channels, 1, stride, use_bias=False, kernel_initializer=_kaiming(), name=f"{name}_downsample_conv"
-        )(x)
-        shortcut = _bn(shortcut, f"{name}_downsample_bn")
-    if stride == 1:
-        y = layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=_kaiming(), name=f"{name}_conv1")(x)
-    else:
-        y = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-        y = layers.Conv2D(channels, 3, stride, use_bias=False, kernel_initializer=_kaiming(), name=f"{name}_conv1")(y)
+def _basic_block(x, width, stride, name):
+    shortcut = _downsample(x, width, stride, name)
+    y = _conv3x3(x, width, stride, f"{name}_conv1")
     y = _bn(y, f"{name}_bn1")
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=_kaiming(), name=f"{name}_conv2")(y)
+    y = _conv3x3(y, width, 1, f"{name}_conv2")
     y = _bn(y, f"{name}_bn2")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _bottleneck(x, width, stride, name):
+    # torchvision Bottleneck (expansion 4): 1x1 -> 3x3 (carries the stride) -> 1x1.
+    shortcut = _downsample(x, 4 * width, stride, name)
+    y = _conv(x, width, 1, 1, f"{name}_conv1")
+    y = _bn(y, f"{name}_bn1")
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv3x3(y, width, stride, f"{name}_conv2")
+    y = _bn(y, f"{name}_bn2")
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = _conv(y, 4 * width, 1, 1, f"{name}_conv3")
+    y = _bn(y, f"{name}_bn3")
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _downsample(x, channels, stride, name):
+    """Shortcut: identity, or 1x1 conv (with the block's stride) + BN where the shape changes."""
+    if stride == 1 and x.shape[-1] == channels:
+        return x
+    x = _conv(x, channels, 1, stride, f"{name}_downsample_conv")
+    return _bn(x, f"{name}_downsample_bn")
+
+
+def _conv3x3(x, channels, stride, name):
+    if stride == 1:
+        return layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=_kaiming(), name=name)(x)
+    x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return _conv(x, channels, 3, stride, name)
+
+
+def _conv(x, channels, kernel, stride, name):
+    return layers.Conv2D(channels, kernel, stride, use_bias=False, kernel_initializer=_kaiming(), name=name)(x)
 
 
 def _bn(x, name):

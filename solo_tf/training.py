@@ -3,8 +3,11 @@
 SGD with momentum 0.9, weight decay 1e-4, gradient clip-norm 35, lr 0.01 per 16 images,
 linear warm-up over 500 iterations from 1/3 of the lr, x0.1 at epochs 27 and 33 of 36.
 
-Keras applies ``weight_decay`` decoupled from the gradient (``w -= lr * wd * w`` each
-step); with SGD this equals PyTorch's L2 penalty up to how momentum sees it.
+Weight decay for SGD is PyTorch's (:class:`TorchSGD`): the L2 term ``wd * w`` is added to
+the gradient before momentum, as the reference's ``torch.optim.SGD`` does. Keras' own
+``weight_decay`` is decoupled (``w -= lr * wd * w``, outside momentum): at momentum 0.9
+that decays ~10x less than the reference. AdamW keeps Keras' decoupled decay, as AdamW is
+defined.
 """
 
 from __future__ import annotations
@@ -51,6 +54,48 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="solo_tf")
+class TorchSGD(keras.optimizers.SGD):
+    """SGD with momentum and weight decay exactly as ``torch.optim.SGD`` (dampening 0).
+
+    Per variable w with (clipped) gradient g, learning rate lr at this step:
+
+        d   = g + weight_decay * w          # coupled L2: decay goes through momentum
+        buf = momentum * buf + d            # buf starts at 0, so buf = d on the first step
+        w  -= lr * (d + momentum * buf)     if nesterov
+        w  -= lr * buf                      otherwise
+
+    Two differences from ``keras.optimizers.SGD``: the decay is coupled (Keras subtracts
+    ``lr * wd * w`` outside momentum, ~1/(1 - momentum) times weaker in steady state), and
+    the momentum buffer holds gradients, not lr-scaled steps, so a learning-rate change
+    (warm-up, step decay) applies at once to the whole update, as in PyTorch. With
+    ``weight_decay`` None/0 and a constant lr the two optimizers take the same steps.
+
+    Clipping (``global_clipnorm``, ...) acts on g before the decay is added, like
+    ``clip_grad_norm_`` before ``optimizer.step()`` in the reference. Variables excluded
+    with ``exclude_from_weight_decay`` get no decay. Arguments as ``keras.optimizers.SGD``.
+    """
+
+    def _apply_weight_decay(self, variables):
+        # The base class would apply decoupled decay here, before update_step; the coupled
+        # decay is part of update_step instead.
+        return
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        d = ops.cast(gradient, variable.dtype)
+        if self.weight_decay and self._use_weight_decay(variable):
+            d = ops.add(d, ops.multiply(ops.cast(self.weight_decay, variable.dtype), variable))
+        if self.momentum == 0:
+            self.assign_sub(variable, ops.multiply(lr, d))
+            return
+        momentum = ops.cast(self.momentum, variable.dtype)
+        buf = self.momentums[self._get_variable_index(variable)]
+        self.assign(buf, ops.add(ops.multiply(momentum, buf), d))
+        step = ops.add(d, ops.multiply(momentum, buf)) if self.nesterov else buf
+        self.assign_sub(variable, ops.multiply(lr, step))
+
+
 def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The configured optimizer (SGD by default) with the reference schedule;
     ``steps_per_epoch`` turns epoch boundaries into steps."""
@@ -65,11 +110,11 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers
 
 
 def _optimizer(train: TrainConfig, learning_rate):
-    if train.optimizer == "adamw":
+    if train.optimizer == "adamw":  # decoupled decay, as AdamW is defined
         return keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=train.weight_decay, global_clipnorm=train.clipnorm
         )
-    return keras.optimizers.SGD(
+    return TorchSGD(  # coupled L2, as torch.optim.SGD in the reference
         learning_rate=learning_rate,
         momentum=train.momentum,
         weight_decay=train.weight_decay or None,
