@@ -17,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-VARIANTS = ("solo", "decoupled_solo", "solov2")
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -38,7 +37,9 @@ class ModelConfig:
 
     variant: str = "solov2"
     backbone: str = "resnet50"
-    backbone_weights: str | None = None  # None, "imagenet" or a path to a weights file
+    # a torchvision/timm ResNet checkpoint (.safetensors / .npz / .pth), a .weights.h5 file,
+    # or "imagenet" (MobileNetV3 only); None = random init
+    backbone_weights: str | None = None
     norm_eval: bool | None = None  # backbone BN frozen; None: on when backbone_weights is set
     frozen_stages: int | None = None  # stem + this many stages not trained; None: 1 when pretrained, else 0
     num_classes: int = 80
@@ -62,9 +63,11 @@ class ModelConfig:
     prior_prob: float = 0.01
 
     def validate(self) -> None:
-        _one_of("model.variant", self.variant, VARIANTS)
-        from solo_tf.backbones import BACKBONES  # the one list of names, beside the builders
+        # the one list of each, beside what they build (imported here: they import keras)
+        from solo_tf.backbones import BACKBONES
+        from solo_tf.variants import VARIANTS, get_variant
 
+        _one_of("model.variant", self.variant, tuple(VARIANTS))
         _one_of("model.backbone", self.backbone, BACKBONES)
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
@@ -86,12 +89,7 @@ class ModelConfig:
             raise ConfigError(f"model.frozen_stages must be in 0..4, got {self.frozen_stages}")
         if self.fpn_channels % self.norm_groups or self.head_channels % self.norm_groups:
             raise ConfigError("model.fpn_channels and model.head_channels must be divisible by model.norm_groups")
-        if self.variant == "solov2" and (
-            self.mask_feature_channels % self.norm_groups or self.mask_channels % self.norm_groups
-        ):
-            raise ConfigError(
-                "model.mask_feature_channels and model.mask_channels must be divisible by model.norm_groups"
-            )
+        get_variant(self).validate()
         if not 0 < self.prior_prob < 1:
             raise ConfigError(f"model.prior_prob must be in (0, 1), got {self.prior_prob}")
         if self.pos_scale <= 0:
@@ -112,13 +110,6 @@ class ModelConfig:
         if self.frozen_stages is not None:
             return int(self.frozen_stages)
         return 1 if self.pretrained else 0
-
-    @property
-    def mask_strides(self) -> tuple[int, ...]:
-        """Output stride of each level's mask prediction (SOLO: stride/2; SOLOv2: 4)."""
-        if self.variant == "solov2":
-            return tuple(4 for _ in self.strides)
-        return tuple(s // 2 for s in self.strides)
 
 
 @dataclass
@@ -323,7 +314,9 @@ class Config:
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            from solo_tf.io import write_text
+
+            write_text(path, text)
         return text
 
     @classmethod
@@ -459,13 +452,6 @@ def _to_plain(x):
     if isinstance(x, (list, tuple)):
         return [_to_plain(v) for v in x]
     return x
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def section_from_dict(cls, d, where):

@@ -7,10 +7,12 @@ n = ``nms_pre`` candidates, K = ``max_per_img`` output slots, (H, W) = padded in
 Pipeline (DESIGN.md, Inference): sigmoid category scores; 2x2 local max (the reference
 ``points_nms``: a cell survives when no up / left / up-left neighbour beats it); all levels
 flattened to G*C (cell, class) pairs; the best n pairs by score (static ``top_k``), those with
-score > ``score_thr`` valid; masks built for those n only (SOLOv2: gathered kernels x mask
-feature; SOLO: gathered channels; Decoupled: gathered x channel * gathered y channel), at
-(h, w); masks with area (at ``mask_thr``) <= the level's stride dropped; score *= maskness;
-Matrix NMS (``update_thr``, K); the K masks upsampled bilinearly to (H, W).
+score > ``score_thr`` valid; masks built for those n only, at (h, w), by the variant's
+:meth:`~solo_tf.variants.Variant.masks_for_cells` (SOLOv2: gathered kernels x mask feature;
+SOLO: gathered channels; Decoupled: gathered x channel * gathered y channel - the same
+function the Dice loss uses); masks with area (at ``mask_thr``) <= the level's stride
+dropped; score *= maskness; Matrix NMS (``update_thr``, K); the K masks upsampled
+bilinearly to (H, W).
 
 One deliberate difference from the reference: it computes masks for every pair above
 ``score_thr`` and lets Matrix NMS take the best ``nms_pre`` by score * maskness after the
@@ -25,6 +27,9 @@ import numpy as np
 from keras import ops
 
 from solo_tf.matrix_nms import matrix_nms
+from solo_tf.variants import get_variant, multi_level_flatten, take_slots
+
+MASK_STRIDE = 4  # input pixels per pixel of the masks the decoder builds and judges (h, w)
 
 
 def points_nms(scores):
@@ -46,7 +51,7 @@ def points_nms(scores):
     return ops.where(ops.equal(local_max, scores), scores, ops.zeros_like(scores))
 
 
-def decode(outputs, model_config, post_config):
+def decode(outputs, model_config, post_config, full_size_masks=True):
     """Raw model outputs of a batch -> fixed-size detections.
 
     Args:
@@ -54,8 +59,13 @@ def decode(outputs, model_config, post_config):
             (B, S_l, S_l, C) and SOLOv2 ``kernel_{l}`` (B, S_l, S_l, E) + ``mask_feature``
             (B, H/4, W/4, E); SOLO ``mask_{l}`` (B, H/m_l, W/m_l, S_l^2); Decoupled SOLO
             ``mask_x_{l}`` / ``mask_y_{l}`` (B, H/m_l, W/m_l, S_l).
-        model_config: :class:`solo_tf.config.ModelConfig`.
+        model_config: :class:`solo_tf.config.ModelConfig`, or its
+            :class:`~solo_tf.variants.Variant`.
         post_config: :class:`solo_tf.config.PostprocessConfig`.
+        full_size_masks: False skips the final upsampling: ``detection_masks`` are then
+            (B, K, H/4, W/4), the resolution they are computed at, and ``detection_boxes``
+            come from those masks (edges on multiples of 4 input pixels). Exported graphs
+            use it: K full-size float masks are the largest tensor by far.
 
     Returns:
         dict, K = ``post_config.max_per_img``:
@@ -67,21 +77,21 @@ def decode(outputs, model_config, post_config):
         mask in input pixels, zeros for an empty slot or mask;
         ``num_detections`` (B,) int32, the filled slots (the first ones).
     """
-    variant = model_config.variant
-    num_grids = [int(s) for s in model_config.num_grids]
-    strides = [int(s) for s in model_config.strides]
-    num_classes = int(model_config.num_classes)
-    H, W = (int(v) for v in model_config.image_size)
-    h, w = H // 4, W // 4
-    _check_outputs(outputs, variant, len(num_grids))
+    variant = get_variant(model_config)
+    cfg = variant.model_config
+    num_grids = [int(s) for s in cfg.num_grids]
+    strides = [int(s) for s in cfg.strides]
+    num_classes = int(cfg.num_classes)
+    H, W = (int(v) for v in cfg.image_size)
+    h, w = H // MASK_STRIDE, W // MASK_STRIDE
+    variant.check_outputs(outputs, "decode")
 
     # --- candidates: (cell, class) pairs over all levels -----------------------------------
-    flat_scores = []
-    for lvl, s in enumerate(num_grids):
-        cate = points_nms(ops.sigmoid(ops.cast(outputs[f"category_{lvl}"], "float32")))
-        flat_scores.append(ops.reshape(cate, (-1, s * s * num_classes)))
-    flat_scores = ops.concatenate(flat_scores, axis=1)  # (B, G*C), index = cell * C + class
+    flat_scores = multi_level_flatten(
+        [points_nms(ops.sigmoid(ops.cast(outputs[f"category_{l}"], "float32"))) for l in range(len(num_grids))]
+    )  # (B, G, C)
     total = sum(s * s for s in num_grids) * num_classes
+    flat_scores = ops.reshape(flat_scores, (-1, total))  # (B, G*C), index = cell * C + class
     n = min(int(post_config.nms_pre), total)
     cand_scores, cand = ops.top_k(flat_scores, k=n)  # (B, n)
     cand = ops.cast(cand, "int32")
@@ -90,12 +100,7 @@ def decode(outputs, model_config, post_config):
     valid = cand_scores > float(post_config.score_thr)
 
     # --- masks of the candidates, soft, (B, n, h, w) ---------------------------------------
-    if variant == "solov2":
-        soft = _solov2_masks(outputs, cells, num_grids)
-    elif variant == "solo":
-        soft = _solo_masks(outputs, cells, num_grids, (h, w))
-    else:
-        soft = _decoupled_masks(outputs, cells, num_grids, (h, w))
+    soft = variant.masks_for_cells(outputs, cells, size=(h, w))
     binary = ops.cast(soft > float(post_config.mask_thr), "float32")
     area = ops.sum(binary, axis=(2, 3))  # (B, n)
     cell_stride = np.concatenate([np.full(s * s, st, np.float32) for s, st in zip(num_grids, strides)])
@@ -118,19 +123,22 @@ def decode(outputs, model_config, post_config):
         valid=valid,
     )
     filled = nms["keep_inds"] >= 0  # (B, K)
-    picked = ops.take_along_axis(ops.reshape(soft, (-1, n, h * w)), _per_slot(ops.maximum(nms["keep_inds"], 0), h * w),
-                                 axis=1)  # (B, K, h*w)
+    picked = take_slots(ops.reshape(soft, (-1, n, h * w)), ops.maximum(nms["keep_inds"], 0))  # (B, K, h*w)
     picked = picked * ops.cast(ops.expand_dims(filled, -1), "float32")
-    # Bilinear upsampling (half-pixel centres, as the reference's align_corners=False).
-    picked = ops.transpose(ops.reshape(picked, (-1, k, h, w)), (0, 2, 3, 1))  # (B, h, w, K)
-    masks = ops.image.resize(picked, (H, W), interpolation="bilinear", data_format="channels_last")
-    masks = ops.transpose(masks, (0, 3, 1, 2))  # (B, K, H, W)
-
+    masks = ops.reshape(picked, (-1, k, h, w))  # (B, K, H/4, W/4)
+    if full_size_masks:
+        # Bilinear upsampling (half-pixel centres, as the reference's align_corners=False).
+        masks = ops.image.resize(ops.transpose(masks, (0, 2, 3, 1)), (H, W), interpolation="bilinear",
+                                 data_format="channels_last")
+        masks = ops.transpose(masks, (0, 3, 1, 2))  # (B, K, H, W)
+    boxes = masks_to_boxes(masks > float(post_config.mask_thr))
+    if not full_size_masks:
+        boxes = boxes * float(MASK_STRIDE)  # input pixels: edges on multiples of 4
     return {
         "detection_masks": masks,
         "detection_scores": nms["scores"],
         "detection_classes": nms["labels"],
-        "detection_boxes": masks_to_boxes(masks > float(post_config.mask_thr)),
+        "detection_boxes": boxes,
         "num_detections": nms["num"],
     }
 
@@ -157,89 +165,6 @@ def masks_to_boxes(masks):
     nonempty = ops.max(ops.cast(cols, "float32"), axis=-1) > 0
     boxes = ops.stack([x1, y1, x2, y2], axis=-1)
     return ops.where(ops.expand_dims(nonempty, -1), boxes, 0.0)
-
-
-# --- mask builders ----------------------------------------------------------------------------
-def _check_outputs(outputs, variant, num_levels):
-    need = [f"category_{l}" for l in range(num_levels)]
-    if variant == "solov2":
-        need += [f"kernel_{l}" for l in range(num_levels)] + ["mask_feature"]
-    elif variant == "solo":
-        need += [f"mask_{l}" for l in range(num_levels)]
-    elif variant == "decoupled_solo":
-        need += [f"mask_x_{l}" for l in range(num_levels)] + [f"mask_y_{l}" for l in range(num_levels)]
-    else:
-        raise ValueError(f"decode: unknown model variant {variant!r}")
-    missing = [k for k in need if k not in outputs]
-    if missing:
-        raise ValueError(f"decode: raw outputs for variant {variant!r} lack {missing}; got {sorted(outputs)}")
-
-
-def _per_slot(index, size):
-    """(B, m) int -> (B, m, size), the index repeated along a last axis for take_along_axis."""
-    return ops.repeat(ops.expand_dims(index, -1), size, axis=2)
-
-
-def _level_offsets(num_grids):
-    starts = np.cumsum([0] + [s * s for s in num_grids])
-    return [int(v) for v in starts[:-1]]
-
-
-def _solov2_masks(outputs, cells, num_grids):
-    """Dynamic 1x1 convolution of the n gathered kernels: (B, n, h, w) sigmoid masks."""
-    feature = ops.cast(outputs["mask_feature"], "float32")  # (B, h, w, E)
-    e = feature.shape[-1]
-    kernels = ops.concatenate(
-        [ops.reshape(ops.cast(outputs[f"kernel_{l}"], "float32"), (-1, s * s, e)) for l, s in enumerate(num_grids)],
-        axis=1,
-    )  # (B, G, E)
-    kernels = ops.take_along_axis(kernels, _per_slot(cells, e), axis=1)  # (B, n, E)
-    hh, ww = feature.shape[1], feature.shape[2]
-    logits = ops.matmul(kernels, ops.transpose(ops.reshape(feature, (-1, hh * ww, e)), (0, 2, 1)))  # (B, n, hw)
-    return ops.reshape(ops.sigmoid(logits), (-1, cells.shape[1], hh, ww))
-
-
-def _gather_channels(x, index, size):
-    """Sigmoid of channels ``index`` (B, n) of x (B, h_l, w_l, c), resized to ``size``:
-    (B, h, w, n). Sigmoid before resizing, as the reference."""
-    hl, wl, c = x.shape[1], x.shape[2], x.shape[3]
-    flat = ops.reshape(ops.cast(x, "float32"), (-1, hl * wl, c))
-    n = index.shape[1]
-    picked = ops.take_along_axis(flat, ops.repeat(ops.expand_dims(index, 1), hl * wl, axis=1), axis=2)
-    picked = ops.reshape(ops.sigmoid(picked), (-1, hl, wl, n))
-    if (hl, wl) != tuple(size):
-        picked = ops.image.resize(picked, size, interpolation="bilinear", data_format="channels_last")
-    return picked
-
-
-def _select_level(per_level, cells, num_grids):
-    """Pick, for each candidate, its own level's mask: sum_l [cell in level l] * mask_l."""
-    starts = _level_offsets(num_grids)
-    out = 0.0
-    for mask_l, start, s in zip(per_level, starts, num_grids):
-        in_level = ops.logical_and(cells >= start, cells < start + s * s)  # (B, n)
-        out = out + mask_l * ops.cast(ops.expand_dims(ops.expand_dims(in_level, 1), 1), "float32")
-    return ops.transpose(out, (0, 3, 1, 2))  # (B, n, h, w)
-
-
-def _solo_masks(outputs, cells, num_grids, size):
-    """SOLO: channel k of the candidate's level, (B, n, h, w)."""
-    per_level = []
-    for l, (start, s) in enumerate(zip(_level_offsets(num_grids), num_grids)):
-        local = ops.clip(cells - start, 0, s * s - 1)
-        per_level.append(_gather_channels(outputs[f"mask_{l}"], local, size))
-    return _select_level(per_level, cells, num_grids)
-
-
-def _decoupled_masks(outputs, cells, num_grids, size):
-    """Decoupled SOLO: sigmoid(x_j) * sigmoid(y_i) for cell k = i*S + j, (B, n, h, w)."""
-    per_level = []
-    for l, (start, s) in enumerate(zip(_level_offsets(num_grids), num_grids)):
-        local = ops.clip(cells - start, 0, s * s - 1)
-        mask_x = _gather_channels(outputs[f"mask_x_{l}"], local % s, size)
-        mask_y = _gather_channels(outputs[f"mask_y_{l}"], local // s, size)
-        per_level.append(mask_x * mask_y)
-    return _select_level(per_level, cells, num_grids)
 
 
 # --- host side --------------------------------------------------------------------------------

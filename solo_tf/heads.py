@@ -3,7 +3,8 @@
 Naming: B = images, L = levels, S = a level's grid size, C = classes, E = dynamic-kernel
 width (SOLOv2). Every head is shared across levels except the SOLO mask output convs,
 whose width (S^2 or S) depends on the level. Sigmoid, local max and decoding belong to
-``solo_tf.decoder``, so training and inference run one forward.
+``solo_tf.decoder``, so training and inference run one forward; which head a model has is
+decided by its variant (:mod:`solo_tf.variants`).
 """
 
 from __future__ import annotations
@@ -103,31 +104,15 @@ def _run(stack, x):
     return x
 
 
-@keras.saving.register_keras_serializable(package="solo_tf")
-class SOLOHead(layers.Layer):
-    """Vanilla SOLO (``decoupled=False``) or Decoupled SOLO head.
+class _GridHead(layers.Layer):
+    """What every head shares: the category branch's settings, the stacked-conv factory,
+    output convs with the paper's initialisation, and ``get_config``.
 
-    Mask branch: CoordConv input, ``stacked_convs`` x (conv + GN + ReLU), x2 bilinear
-    upsampling, then per level a 1x1 conv to S^2 channels (vanilla) or 3x3 convs to S
-    channels for the X and Y branches (decoupled; X gets the x coordinate, Y the y).
-    Category branch: feature resized to S x S, the same stack, a 3x3 conv to C channels.
-
-    Call on a list of L level features (B, h_l, w_l, c); returns a dict:
-    ``category_{l}`` (B, S, S, C) and either ``mask_{l}`` (B, 2h_l, 2w_l, S^2) or
-    ``mask_x_{l}`` / ``mask_y_{l}`` (B, 2h_l, 2w_l, S).
+    The subclasses create their sublayers in the order of the earlier single-class heads, so
+    weight lists (``get_weights``) keep their order.
     """
 
-    def __init__(
-        self,
-        num_classes,
-        num_grids,
-        head_channels=256,
-        stacked_convs=7,
-        norm_groups=32,
-        prior_prob=0.01,
-        decoupled=False,
-        **kwargs,
-    ):
+    def __init__(self, num_classes, num_grids, head_channels, stacked_convs, norm_groups, prior_prob, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.num_grids = tuple(num_grids)
@@ -135,47 +120,21 @@ class SOLOHead(layers.Layer):
         self.stacked_convs = stacked_convs
         self.norm_groups = norm_groups
         self.prior_prob = prior_prob
-        self.decoupled = decoupled
 
-        self.cate_convs = _stack(stacked_convs, head_channels, norm_groups, "cate")
-        self.cate_out = layers.Conv2D(
-            num_classes, 3, padding="same", kernel_initializer=_normal_init(),
-            bias_initializer=_prior_bias(prior_prob), name="cate_out",
-        )
-        if decoupled:
-            self.mask_convs_x = _stack(stacked_convs, head_channels, norm_groups, "mask_x")
-            self.mask_convs_y = _stack(stacked_convs, head_channels, norm_groups, "mask_y")
-            self.mask_out_x = [self._mask_out(s, 3, f"mask_x_out_{l}") for l, s in enumerate(self.num_grids)]
-            self.mask_out_y = [self._mask_out(s, 3, f"mask_y_out_{l}") for l, s in enumerate(self.num_grids)]
-        else:
-            self.mask_convs = _stack(stacked_convs, head_channels, norm_groups, "mask")
-            self.mask_out = [self._mask_out(s * s, 1, f"mask_out_{l}") for l, s in enumerate(self.num_grids)]
+    def _stack(self, prefix):
+        return _stack(self.stacked_convs, self.head_channels, self.norm_groups, prefix)
 
-    def _mask_out(self, filters, kernel_size, name):
+    def _conv_out(self, filters, kernel_size, name, prior_bias=True):
+        """Output conv: Normal(0, 0.01) weights; bias -log((1-p)/p) where the output is a
+        sigmoid probability that starts rare (categories, SOLO masks), zeros otherwise."""
+        bias = _prior_bias(self.prior_prob) if prior_bias else "zeros"
         return layers.Conv2D(
-            filters, kernel_size, padding="same", kernel_initializer=_normal_init(),
-            bias_initializer=_prior_bias(self.prior_prob), name=name,
+            filters, kernel_size, padding="same", kernel_initializer=_normal_init(), bias_initializer=bias, name=name
         )
 
-    def call(self, features):
-        out = {}
-        for lvl, (feat, grid) in enumerate(zip(features, self.num_grids)):
-            h, w = feat.shape[1], feat.shape[2]
-            up = (2 * h, 2 * w)
-            if self.decoupled:
-                x = _run(self.mask_convs_x, add_coords(feat, "x"))
-                y = _run(self.mask_convs_y, add_coords(feat, "y"))
-                x = ops.image.resize(x, up, interpolation="bilinear", antialias=False)
-                y = ops.image.resize(y, up, interpolation="bilinear", antialias=False)
-                out[f"mask_x_{lvl}"] = self.mask_out_x[lvl](x)  # (B, 2h, 2w, S)
-                out[f"mask_y_{lvl}"] = self.mask_out_y[lvl](y)
-            else:
-                m = _run(self.mask_convs, add_coords(feat, "xy"))
-                m = ops.image.resize(m, up, interpolation="bilinear", antialias=False)
-                out[f"mask_{lvl}"] = self.mask_out[lvl](m)  # (B, 2h, 2w, S^2)
-            c = ops.image.resize(feat, (grid, grid), interpolation="bilinear", antialias=False)
-            out[f"category_{lvl}"] = self.cate_out(_run(self.cate_convs, c))  # (B, S, S, C)
-        return out
+    def _category(self, x):
+        """(B, S, S, c) feature already resized to the grid -> (B, S, S, C) logits."""
+        return self.cate_out(_run(self.cate_convs, x))
 
     def get_config(self):
         config = super().get_config()
@@ -186,13 +145,93 @@ class SOLOHead(layers.Layer):
             stacked_convs=self.stacked_convs,
             norm_groups=self.norm_groups,
             prior_prob=self.prior_prob,
-            decoupled=self.decoupled,
         )
         return config
 
 
+def _grid_resize(x, grid):
+    return ops.image.resize(x, (grid, grid), interpolation="bilinear", antialias=False)
+
+
+def _upsample2(x):
+    return ops.image.resize(x, (2 * x.shape[1], 2 * x.shape[2]), interpolation="bilinear", antialias=False)
+
+
+class _SOLOMaskHead(_GridHead):
+    """SOLO and Decoupled SOLO: the category branch, then the mask branch of the subclass
+    (:meth:`_build_mask_branch`, :meth:`_mask_logits`) on every level."""
+
+    def __init__(self, num_classes, num_grids, head_channels=256, stacked_convs=7, norm_groups=32, prior_prob=0.01,
+                 **kwargs):
+        super().__init__(num_classes, num_grids, head_channels, stacked_convs, norm_groups, prior_prob, **kwargs)
+        self.cate_convs = self._stack("cate")
+        self.cate_out = self._conv_out(num_classes, 3, "cate_out")
+        self._build_mask_branch()
+
+    def _build_mask_branch(self):
+        raise NotImplementedError
+
+    def _mask_logits(self, lvl, feat):
+        """Mask outputs of level ``lvl`` (dict) from its feature (B, h, w, c)."""
+        raise NotImplementedError
+
+    def call(self, features):
+        out = {}
+        for lvl, (feat, grid) in enumerate(zip(features, self.num_grids)):
+            out.update(self._mask_logits(lvl, feat))
+            out[f"category_{lvl}"] = self._category(_grid_resize(feat, grid))  # (B, S, S, C)
+        return out
+
+
 @keras.saving.register_keras_serializable(package="solo_tf")
-class SOLOv2Head(layers.Layer):
+class SOLOHead(_SOLOMaskHead):
+    """Vanilla SOLO head.
+
+    Mask branch: CoordConv input, ``stacked_convs`` x (conv + GN + ReLU), x2 bilinear
+    upsampling, then per level a 1x1 conv to S^2 channels (channel k = i*S + j is the mask
+    of grid cell (i, j)). Category branch: feature resized to S x S, the same stack, a 3x3
+    conv to C channels.
+
+    Call on a list of L level features (B, h_l, w_l, c); returns a dict:
+    ``category_{l}`` (B, S, S, C) and ``mask_{l}`` (B, 2h_l, 2w_l, S^2).
+    """
+
+    def _build_mask_branch(self):
+        self.mask_convs = self._stack("mask")
+        self.mask_out = [self._conv_out(s * s, 1, f"mask_out_{l}") for l, s in enumerate(self.num_grids)]
+
+    def _mask_logits(self, lvl, feat):
+        m = _upsample2(_run(self.mask_convs, add_coords(feat, "xy")))
+        return {f"mask_{lvl}": self.mask_out[lvl](m)}  # (B, 2h, 2w, S^2)
+
+
+@keras.saving.register_keras_serializable(package="solo_tf")
+class DecoupledSOLOHead(_SOLOMaskHead):
+    """Decoupled SOLO head: the S^2 mask channels replaced by an X and a Y branch.
+
+    X branch: CoordConv input with the x coordinate, ``stacked_convs`` x (conv + GN + ReLU),
+    x2 bilinear upsampling, per level a 3x3 conv to S channels (column j); the Y branch the
+    same with the y coordinate (row i). Mask of cell (i, j) = sigmoid(x_j) * sigmoid(y_i).
+    Category branch as :class:`SOLOHead`.
+
+    Call on a list of L level features (B, h_l, w_l, c); returns a dict:
+    ``category_{l}`` (B, S, S, C), ``mask_x_{l}`` and ``mask_y_{l}`` (B, 2h_l, 2w_l, S).
+    """
+
+    def _build_mask_branch(self):
+        self.mask_convs_x = self._stack("mask_x")
+        self.mask_convs_y = self._stack("mask_y")
+        self.mask_out_x = [self._conv_out(s, 3, f"mask_x_out_{l}") for l, s in enumerate(self.num_grids)]
+        self.mask_out_y = [self._conv_out(s, 3, f"mask_y_out_{l}") for l, s in enumerate(self.num_grids)]
+
+    def _mask_logits(self, lvl, feat):
+        x = _upsample2(_run(self.mask_convs_x, add_coords(feat, "x")))
+        y = _upsample2(_run(self.mask_convs_y, add_coords(feat, "y")))
+        return {f"mask_x_{lvl}": self.mask_out_x[lvl](x), f"mask_y_{lvl}": self.mask_out_y[lvl](y)}  # (B, 2h, 2w, S)
+
+
+@keras.saving.register_keras_serializable(package="solo_tf")
+class SOLOv2Head(_GridHead):
     """SOLOv2 kernel and category branches.
 
     Kernel branch: CoordConv feature resized to S x S, ``stacked_convs`` x (conv + GN +
@@ -204,53 +243,24 @@ class SOLOv2Head(layers.Layer):
     ``kernel_{l}`` (B, S, S, E).
     """
 
-    def __init__(
-        self,
-        num_classes,
-        num_grids,
-        mask_channels=256,
-        head_channels=512,
-        stacked_convs=4,
-        norm_groups=32,
-        prior_prob=0.01,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.num_grids = tuple(num_grids)
+    def __init__(self, num_classes, num_grids, mask_channels=256, head_channels=512, stacked_convs=4, norm_groups=32,
+                 prior_prob=0.01, **kwargs):
+        super().__init__(num_classes, num_grids, head_channels, stacked_convs, norm_groups, prior_prob, **kwargs)
         self.mask_channels = mask_channels
-        self.head_channels = head_channels
-        self.stacked_convs = stacked_convs
-        self.norm_groups = norm_groups
-        self.prior_prob = prior_prob
-        self.kernel_convs = _stack(stacked_convs, head_channels, norm_groups, "kernel")
-        self.cate_convs = _stack(stacked_convs, head_channels, norm_groups, "cate")
-        self.kernel_out = layers.Conv2D(
-            mask_channels, 3, padding="same", kernel_initializer=_normal_init(), name="kernel_out"
-        )
-        self.cate_out = layers.Conv2D(
-            num_classes, 3, padding="same", kernel_initializer=_normal_init(),
-            bias_initializer=_prior_bias(prior_prob), name="cate_out",
-        )
+        self.kernel_convs = self._stack("kernel")
+        self.cate_convs = self._stack("cate")
+        self.kernel_out = self._conv_out(mask_channels, 3, "kernel_out", prior_bias=False)
+        self.cate_out = self._conv_out(num_classes, 3, "cate_out")
 
     def call(self, features):
         out = {}
         for lvl, (feat, grid) in enumerate(zip(features, self.num_grids)):
-            k = ops.image.resize(add_coords(feat, "xy"), (grid, grid), interpolation="bilinear", antialias=False)
-            c = k[..., :-2]
+            k = _grid_resize(add_coords(feat, "xy"), grid)
             out[f"kernel_{lvl}"] = self.kernel_out(_run(self.kernel_convs, k))  # (B, S, S, E)
-            out[f"category_{lvl}"] = self.cate_out(_run(self.cate_convs, c))  # (B, S, S, C)
+            out[f"category_{lvl}"] = self._category(k[..., :-2])  # (B, S, S, C)
         return out
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            num_classes=self.num_classes,
-            num_grids=list(self.num_grids),
-            mask_channels=self.mask_channels,
-            head_channels=self.head_channels,
-            stacked_convs=self.stacked_convs,
-            norm_groups=self.norm_groups,
-            prior_prob=self.prior_prob,
-        )
+        config.update(mask_channels=self.mask_channels)
         return config

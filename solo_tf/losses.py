@@ -1,12 +1,115 @@
-"""SOLO losses: sigmoid focal loss on category grids, Dice loss on positive masks.
+"""SOLO losses: :class:`SOLOLoss`, the focal + Dice loss of a batch, and its two terms.
 
-Both return *sums*; the caller normalises (focal by num_pos + 1, Dice by num_pos), so the
-normaliser is counted once over every level and image of the batch.
+:class:`SOLOLoss` is a Keras layer the model owns and calls from ``compute_loss`` (as
+keras-hub's RetinaNet owns its label encoder): grid targets (from the pipeline or assigned
+here), sigmoid focal loss over every cell of every level, Dice loss over the positive cells,
+whose masks come from the variant's :meth:`~solo_tf.variants.Variant.masks_for_cells` - the
+same function the decoder builds its masks with.
+
+:func:`sigmoid_focal_loss` and :func:`dice_loss` return *sums*; :class:`SOLOLoss`
+normalises (focal by num_pos + 1, Dice by num_pos), so the normaliser is counted once over
+every level and image of the batch.
 """
 
 from __future__ import annotations
 
-from keras import ops
+import dataclasses
+
+import keras
+from keras import layers, ops
+
+from solo_tf.config import LossConfig, ModelConfig, section_from_dict
+from solo_tf.targets import gather_mask_targets, grid_targets, positive_slots, resize_masks
+from solo_tf.variants import get_variant, multi_level_flatten
+
+
+@keras.saving.register_keras_serializable(package="solo_tf")
+class SOLOLoss(layers.Layer):
+    """Focal and Dice losses of a batch, for one model config.
+
+    Args:
+        model_config: :class:`solo_tf.config.ModelConfig` (or its dict form): variant,
+            grids, scale ranges.
+        loss_config: :class:`solo_tf.config.LossConfig` (or its dict form; default: the
+            paper's weights).
+
+    Call ``loss(y_true, y_pred)``: ``y_true`` the ground-truth dict of ``SOLO.fit``
+    (``classes`` (B, N), ``boxes`` (B, N, 4), ``masks`` (B, N, H/4, W/4), ``centers``
+    (B, N, 2), optionally ``grid_category_{l}`` / ``grid_owner_{l}`` (B, S, S)),
+    ``y_pred`` the raw outputs dict. Returns ``(focal, dice)`` float32 scalars, already
+    weighted and normalised: focal = w_f * sum / (num_pos + 1); dice = w_d * sum /
+    max(num_pos, 1); with no positives Dice is exactly 0.
+    """
+
+    def __init__(self, model_config, loss_config=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # never autocast to a mixed-precision dtype
+        super().__init__(**kwargs)
+        if not isinstance(model_config, ModelConfig):
+            model_config = section_from_dict(ModelConfig, dict(model_config), "model")
+        if loss_config is None:
+            loss_config = LossConfig()
+        elif not isinstance(loss_config, LossConfig):
+            loss_config = section_from_dict(LossConfig, dict(loss_config), "loss")
+        self.model_config = model_config
+        self.loss_config = loss_config
+        self.variant = get_variant(model_config)
+        self.built = True  # no weights
+
+    def call(self, y_true, y_pred):
+        cfg, loss_cfg = self.model_config, self.loss_config
+        self.variant.check_outputs(y_pred, "SOLOLoss")
+        grids = self.grid_targets(y_true)
+        cate = multi_level_flatten([category for category, _ in grids])  # (B, G) class or -1
+        logits = multi_level_flatten([y_pred[f"category_{l}"] for l in range(len(grids))])  # (B, G, C)
+        onehot = ops.one_hot(ops.maximum(cate, 0), cfg.num_classes) * ops.cast(cate >= 0, "float32")[..., None]
+        num_pos = ops.sum(ops.cast(cate >= 0, "float32"))
+        focal_sum = sigmoid_focal_loss(logits, onehot, alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma)
+        focal = loss_cfg.focal_weight * focal_sum / (num_pos + 1.0)
+
+        dice_sum, dice_count = self.dice_terms(y_true, y_pred, grids)
+        dice = loss_cfg.dice_weight * dice_sum / ops.maximum(dice_count, 1.0)
+        return focal, dice
+
+    def grid_targets(self, y_true):
+        """Per-level (category, owner) grids, each (B, S, S) int32: from the pipeline if it
+        sent them, else assigned here (:func:`solo_tf.targets.grid_targets`)."""
+        return grid_targets(y_true, self.model_config)
+
+    def dice_terms(self, y_true, y_pred, grids):
+        """Unnormalised Dice sum over the positive cells of the batch, and their count.
+
+        Positives are gathered per group of :meth:`~solo_tf.variants.Variant.loss_level_groups`
+        (SOLO: level by level at the level's mask stride; SOLOv2: all levels at once), at
+        most :meth:`~solo_tf.variants.Variant.max_positive_slots` per image, and their masks
+        built by the variant at that group's mask resolution.
+
+        Returns:
+            (sum, count) float32 scalars.
+        """
+        variant = self.variant
+        max_instances = y_true["masks"].shape[1]
+        total, count = 0.0, 0.0
+        resized = {}  # groups sharing a mask size (SOLO levels of one stride) share targets
+        for levels in variant.loss_level_groups():
+            owner = multi_level_flatten([grids[l][1] for l in levels])  # (B, G_group) slot or -1
+            cells, owners, pos = positive_slots(owner, variant.max_positive_slots(max_instances, levels))
+            probs = variant.masks_for_cells(y_pred, cells, levels)  # (B, M, h, w)
+            m, hm, wm = probs.shape[1], probs.shape[2], probs.shape[3]
+            if (hm, wm) not in resized:
+                resized[(hm, wm)] = resize_masks(y_true["masks"], (hm, wm))
+            targets = gather_mask_targets(resized[(hm, wm)], owners)  # (B, M, h, w)
+            total = total + dice_loss(
+                ops.reshape(probs, (-1, m, hm * wm)), ops.reshape(targets, (-1, m, hm * wm)), pos
+            )
+            count = count + ops.sum(pos)
+        return total, count
+
+    def get_config(self):
+        config = super().get_config()
+        model = dataclasses.asdict(self.model_config)
+        model["backbone_weights"] = None  # the loss never reads it; a path would leak into saved files
+        config.update(model_config=model, loss_config=dataclasses.asdict(self.loss_config))
+        return config
 
 
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):

@@ -1,4 +1,4 @@
-"""Matrix NMS (SOLOv2), pure ``keras.ops`` with static shapes, plus a numpy-facing wrapper.
+"""Matrix NMS (SOLOv2), pure ``keras.ops`` with static shapes.
 
 Naming: n = candidate masks, P = pixels per mask, K = ``max_num`` output slots.
 
@@ -178,28 +178,3 @@ def _empty(scores, max_num):
         "keep_inds": ops.cast(zeros, "int32") - 1,
         "num": ops.cast(ops.sum(zeros, axis=1), "int32"),
     }
-
-
-def matrix_nms_numpy_case(masks, labels, scores, *, filter_thr=-1.0, nms_pre=-1, max_num=-1,
-                          kernel="gaussian", sigma=2.0):
-    """The reference's variable-length interface, for golden cases and host-side use.
-
-    Args:
-        masks: (n, h, w) binary; labels, scores: (n,). ``max_num <= 0`` keeps all.
-
-    Returns:
-        numpy ``scores`` (m,) float32 descending, ``labels`` (m,) int32, ``keep_inds`` (m,)
-        int32 indices into the input.
-    """
-    masks = np.asarray(masks)
-    n = masks.shape[0]
-    slots = int(max_num) if max_num and max_num > 0 else max(n, 1)
-    out = matrix_nms(masks.reshape(n, int(np.prod(masks.shape[1:]))).astype(np.float32), np.asarray(labels, np.int32),
-                     np.asarray(scores, np.float32), kernel=kernel, sigma=sigma, filter_thr=filter_thr,
-                     max_num=slots, nms_pre=nms_pre)
-    m = int(ops.convert_to_numpy(out["num"]))
-    return (
-        ops.convert_to_numpy(out["scores"])[:m],
-        ops.convert_to_numpy(out["labels"])[:m],
-        ops.convert_to_numpy(out["keep_inds"])[:m],
-    )

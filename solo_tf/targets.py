@@ -14,8 +14,8 @@ The assignment is the reference's, vectorised over objects and images:
 * where two objects claim one cell the later one (higher slot index) wins;
 * padding (class < 0) and objects with an empty mask are skipped.
 
-The same functions run inside the tf.data pipeline (TensorFlow backend) and inside
-``SOLO.compute_loss`` (any backend).
+The same functions run inside the tf.data pipeline (TensorFlow backend) and inside the
+loss (:class:`solo_tf.losses.SOLOLoss`, any backend).
 """
 
 from __future__ import annotations
@@ -85,6 +85,27 @@ def assign_grids(classes, boxes, centers, valid, image_size, num_grids, scale_ra
         category = ops.where(flat_owner >= 0, category, -1)
         out.append((ops.reshape(ops.cast(category, "int32"), (-1, grid, grid)), owner))
     return out
+
+
+def grid_targets(y, model_config):
+    """Per-level (category, owner) grids of a batch: the ones the tf.data pipeline sent
+    (``grid_category_{l}`` / ``grid_owner_{l}``), else :func:`assign_grids` here.
+
+    Args:
+        y: ground-truth dict: ``classes`` (B, N), ``boxes`` (B, N, 4), ``masks``
+            (B, N, H/4, W/4), ``centers`` (B, N, 2); optionally the grids themselves.
+        model_config: :class:`solo_tf.config.ModelConfig` (grids, scale ranges, pos_scale).
+
+    Returns:
+        list over levels of ``(category, owner)``, each (B, S, S) int32.
+    """
+    cfg = model_config
+    if "grid_category_0" in y:
+        return [(y[f"grid_category_{l}"], y[f"grid_owner_{l}"]) for l in range(len(cfg.num_grids))]
+    valid = ops.logical_and(mask_validity(y["masks"]), ops.cast(y["classes"], "int32") >= 0)
+    return assign_grids(
+        y["classes"], y["boxes"], y["centers"], valid, cfg.image_size, cfg.num_grids, cfg.scale_ranges, cfg.pos_scale
+    )
 
 
 def resize_masks(masks, size):
@@ -158,6 +179,7 @@ def mask_validity(masks):
 
 __all__ = [
     "assign_grids",
+    "grid_targets",
     "resize_masks",
     "positive_slots",
     "gather_mask_targets",

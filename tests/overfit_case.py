@@ -19,7 +19,10 @@ def overfit(variant, batch_path, steps=80):
     d = np.load(batch_path)
     images = d["images"]
     y = {k[2:]: d[k] for k in d.files if k.startswith("y_")}
-    keras.utils.set_random_seed(0)
+    # Seed 0 starts the tiny SOLOv2 (TF) on a plateau: Dice ~1.6 of 2.5 from step 30 to ~90,
+    # before and after the variant restructure alike (the old code passed on a lucky last step).
+    # Seeds 1-4 all pass the checks of test_overfit.py (1-3 reach Dice < 0.15).
+    keras.utils.set_random_seed(1)
     cfg = tiny_model_config(variant, image_size=images.shape[1:3], num_classes=6)
     model = SOLO(cfg)
     model.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=35.0))

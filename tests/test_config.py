@@ -1,6 +1,7 @@
 import pytest
 
 from solo_tf.config import Config, ConfigError, ModelConfig, load_config, preset_names
+from solo_tf.variants import get_variant
 
 PAPER = ["solo_r50", "solov2_r50", "solov2_r101", "solov2_light_r18", "solov2_light_r34", "solov2_light_r50"]
 
@@ -20,7 +21,7 @@ def test_paper_numbers():
     assert (v2.head_channels, v2.stacked_convs, v2.mask_channels) == (512, 4, 256)
     solo = load_config("solo_r50").model
     assert (solo.variant, solo.head_channels, solo.stacked_convs) == ("solo", 256, 7)
-    assert solo.mask_strides == (4, 4, 8, 16, 16)
+    assert get_variant(solo).mask_strides == (4, 4, 8, 16, 16)
     light = load_config("solov2_light_r18").model
     assert (light.stacked_convs, light.mask_channels) == (2, 128)
     assert light.scale_ranges[0] == (1, 56)

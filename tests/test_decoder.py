@@ -212,42 +212,54 @@ def test_solov2_matches_numpy_reference():
         np.testing.assert_allclose(d["detection_masks"][b, :m], masks, atol=1e-4)
 
 
-def test_jax_backend_agrees_with_tensorflow(tmp_path):
-    for variant in ("solov2", "solo"):
-        cfg = tiny_model_config(variant, image_size=(64, 64))
-        if variant == "solov2":
-            out = _random_solov2(2, cfg, batch=1)
+def _random_outputs(variant, cfg, seed):
+    if variant == "solov2":
+        return _random_solov2(seed, cfg, batch=1)
+    rng = np.random.RandomState(seed)
+    out = {}
+    for l, (s, st) in enumerate(zip(cfg.num_grids, cfg.strides)):
+        out[f"category_{l}"] = rng.normal(-3, 1.5, (1, s, s, cfg.num_classes)).astype(np.float32)
+        m = cfg.image_size[0] // (st // 2)
+        if variant == "solo":
+            out[f"mask_{l}"] = rng.normal(0, 2, (1, m, m, s * s)).astype(np.float32)
         else:
-            rng = np.random.RandomState(2)
-            out = {}
-            for l, (s, st) in enumerate(zip(cfg.num_grids, cfg.strides)):
-                out[f"category_{l}"] = rng.normal(-3, 1.5, (1, s, s, 3)).astype(np.float32)
-                m = 64 // (st // 2)
-                out[f"mask_{l}"] = rng.normal(0, 2, (1, m, m, s * s)).astype(np.float32)
+            out[f"mask_x_{l}"] = rng.normal(0, 2, (1, m, m, s)).astype(np.float32)
+            out[f"mask_y_{l}"] = rng.normal(0, 2, (1, m, m, s)).astype(np.float32)
+    return out
+
+
+def test_jax_backend_agrees_with_tensorflow(tmp_path):
+    variants = ("solov2", "solo", "decoupled_solo")
+    tf_res = {}
+    for variant in variants:
+        cfg = tiny_model_config(variant, image_size=(64, 64))
+        out = _random_outputs(variant, cfg, 2)
         np.savez(tmp_path / f"{variant}_in.npz", **out)
-        tf_res = _np(decode(out, cfg, PostprocessConfig()))
-        code = (
-            "import sys, numpy as np\n"
-            "sys.path.insert(0, 'tests')\n"
-            "from conftest import tiny_model_config\n"
-            "from keras import ops\n"
-            "from solo_tf.config import PostprocessConfig\n"
-            "from solo_tf.decoder import decode\n"
-            "cfg = tiny_model_config(sys.argv[1], image_size=(64, 64))\n"
-            "out = dict(np.load(sys.argv[2]))\n"
-            "d = decode(out, cfg, PostprocessConfig())\n"
-            "np.savez(sys.argv[3], **{k: ops.convert_to_numpy(v) for k, v in d.items()})\n"
-        )
-        env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-        res = subprocess.run(
-            [sys.executable, "-c", code, variant, str(tmp_path / f"{variant}_in.npz"), str(tmp_path / f"{variant}_jax.npz")],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
+        tf_res[variant] = _np(decode(out, cfg, PostprocessConfig()))
+    code = (  # one JAX process for all variants: its start-up is most of the cost
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from conftest import tiny_model_config\n"
+        "from keras import ops\n"
+        "from solo_tf.config import PostprocessConfig\n"
+        "from solo_tf.decoder import decode\n"
+        "for variant in sys.argv[2:]:\n"
+        "    cfg = tiny_model_config(variant, image_size=(64, 64))\n"
+        "    out = dict(np.load(f'{sys.argv[1]}/{variant}_in.npz'))\n"
+        "    d = decode(out, cfg, PostprocessConfig())\n"
+        "    np.savez(f'{sys.argv[1]}/{variant}_jax.npz', **{k: ops.convert_to_numpy(v) for k, v in d.items()})\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *variants],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for variant in variants:
         jax_res = dict(np.load(tmp_path / f"{variant}_jax.npz"))
-        assert tf_res["num_detections"][0] > 0, f"{variant}: the case should have detections"
-        for k in tf_res:
-            np.testing.assert_allclose(jax_res[k], tf_res[k], atol=1e-5, err_msg=f"{variant}: {k}")
+        assert tf_res[variant]["num_detections"][0] > 0, f"{variant}: the case should have detections"
+        for k in tf_res[variant]:
+            np.testing.assert_allclose(jax_res[k], tf_res[variant][k], atol=1e-5, err_msg=f"{variant}: {k}")
 
 
 def test_postprocess_image_to_original_size():

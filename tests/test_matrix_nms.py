@@ -124,7 +124,8 @@ def test_bad_kernel_raises():
 def test_jax_backend_matches_golden():
     code = (
         "import json, sys, numpy as np\n"
-        "from solo_tf.matrix_nms import matrix_nms_numpy_case\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from matrix_nms_reference import matrix_nms_numpy_case\n"
         "bad = []\n"
         "for p in sys.argv[1:]:\n"
         "    d = np.load(p); prm = json.loads(str(d['params']))\n"

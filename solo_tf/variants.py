@@ -1,0 +1,323 @@
+"""One class per model variant: SOLO, Decoupled SOLO, SOLOv2.
+
+A variant owns what differs between the three: its heads (SOLOv2: also the mask-feature
+branch), the stride its masks are predicted at, the names of its raw outputs, and
+:meth:`Variant.masks_for_cells` - soft masks of some grid cells from the raw outputs, the
+one function both the Dice loss (:mod:`solo_tf.losses`) and the decoder
+(:mod:`solo_tf.decoder`) call. What is the same for all (category branch contract, target
+assignment, focal loss, Matrix NMS) lives outside. A new variant is one new subclass
+added to :data:`VARIANTS`.
+
+Naming: B = images, L = levels, S_l = grid of level l, C = classes, E = dynamic-kernel width
+(SOLOv2), M = cells asked for, (h, w) = a mask resolution. Cells of several levels are
+numbered in level order, as :func:`multi_level_flatten` lays them out:
+k = offset_l + i * S_l + j, offset_l = sum of S^2 over the levels before l.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+from solo_tf.config import ConfigError, ModelConfig, section_from_dict
+from solo_tf.heads import DecoupledSOLOHead, SOLOHead, SOLOv2Head, level_features
+from solo_tf.mask_feature import MaskFeatureHead
+
+
+# --- shared helpers -------------------------------------------------------------------------
+def multi_level_flatten(per_level):
+    """Concatenate per-level grids along one cell axis, in level order.
+
+    Args:
+        per_level: list over levels of (B, S_l, S_l) or (B, S_l, S_l, X) tensors.
+
+    Returns:
+        (B, G) or (B, G, X), G = sum_l S_l^2, cell k = offset_l + i * S_l + j.
+    """
+    flat = [ops.reshape(x, (-1, x.shape[1] * x.shape[2]) + tuple(x.shape[3:])) for x in per_level]
+    return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=1)
+
+
+def take_slots(x, index):
+    """Rows ``index`` of x: x (B, G, P), index (B, M) int -> (B, M, P).
+
+    The index is repeated along P rather than broadcast: the broadcasting form does not
+    convert to TFLite builtins (DESIGN.md).
+    """
+    per_slot = ops.repeat(ops.expand_dims(index, -1), x.shape[-1], axis=2)
+    return ops.take_along_axis(x, per_slot, axis=1)
+
+
+def _resize(x, size):
+    """(B, h, w, M) channels-last -> (B, *size, M), bilinear with half-pixel centres (the
+    reference's align_corners=False); unchanged when already that size."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    return ops.image.resize(x, size, interpolation="bilinear", data_format="channels_last")
+
+
+def _gather_channels(x, index, size):
+    """Sigmoid of channels ``index`` (B, M) of logits x (B, h_l, w_l, c), resized to
+    ``size`` after the sigmoid (as the reference): (B, M, *size)."""
+    hl, wl, c = x.shape[1], x.shape[2], x.shape[3]
+    flat = ops.reshape(ops.cast(x, "float32"), (-1, hl * wl, c))
+    picked = ops.take_along_axis(flat, ops.repeat(ops.expand_dims(index, 1), hl * wl, axis=1), axis=2)  # (B, hw, M)
+    picked = _resize(ops.reshape(ops.sigmoid(picked), (-1, hl, wl, index.shape[1])), size)
+    return ops.transpose(picked, (0, 3, 1, 2))
+
+
+# --- the base class ---------------------------------------------------------------------------
+class Variant:
+    """What a model variant decides, for one :class:`solo_tf.config.ModelConfig`.
+
+    Subclasses set :attr:`name` (the ``model.variant`` value) and implement
+    :meth:`head_outputs`, :meth:`mask_output_names`, :attr:`mask_strides` and :meth:`_masks`.
+    """
+
+    name = ""
+
+    def __init__(self, model_config):
+        self.model_config = model_config
+        self.num_grids = tuple(int(s) for s in model_config.num_grids)
+        self.image_size = tuple(int(v) for v in model_config.image_size)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(num_grids={self.num_grids}, image_size={self.image_size})"
+
+    @property
+    def num_levels(self):
+        return len(self.num_grids)
+
+    # --- architecture -----------------------------------------------------------------------
+    def validate(self):
+        """Checks of the model config that only this variant needs; raises ConfigError."""
+
+    def head_outputs(self, pyramid):
+        """Build the variant's head layers and apply them (functional graph).
+
+        Args:
+            pyramid: dict "P2".."P6", (B, H/2^k, W/2^k, c).
+
+        Returns:
+            dict of raw logits, the names of :meth:`output_names`.
+        """
+        raise NotImplementedError
+
+    @property
+    def mask_strides(self):
+        """Input pixels per mask pixel, per level: the mask targets' resolution."""
+        raise NotImplementedError
+
+    def mask_output_names(self, level):
+        """Names of the raw outputs level ``level`` predicts its masks from."""
+        raise NotImplementedError
+
+    def output_names(self):
+        """Every raw output the loss and the decoder read: ``category_{l}`` + the masks'."""
+        names = [f"category_{l}" for l in range(self.num_levels)]
+        for l in range(self.num_levels):
+            names += self.mask_output_names(l)
+        return names
+
+    def check_outputs(self, outputs, where):
+        """Raise ValueError naming what ``outputs`` (a dict) lacks for this variant."""
+        missing = [k for k in self.output_names() if k not in outputs]
+        if missing:
+            raise ValueError(f"{where}: raw outputs for variant {self.name!r} lack {missing}; got {sorted(outputs)}")
+
+    def mask_size(self, level):
+        """(h, w) of level ``level``'s masks."""
+        stride = self.mask_strides[level]
+        return self.image_size[0] // stride, self.image_size[1] // stride
+
+    def _level_features(self, pyramid):
+        cfg = self.model_config
+        return level_features(pyramid, cfg.strides, cfg.image_size)
+
+    def _head_kwargs(self):
+        cfg = self.model_config
+        return dict(
+            num_classes=cfg.num_classes, num_grids=cfg.num_grids, head_channels=cfg.head_channels,
+            stacked_convs=cfg.stacked_convs, norm_groups=cfg.norm_groups, prior_prob=cfg.prior_prob, name="head",
+        )
+
+    # --- masks ------------------------------------------------------------------------------
+    def masks_for_cells(self, outputs, cells, levels=None, size=None):
+        """Soft masks of grid cells from the raw outputs (logits -> probabilities).
+
+        Args:
+            outputs: dict of raw logits (:meth:`output_names`).
+            cells: (B, M) int cell indices into the cells of ``levels`` laid out by
+                :func:`multi_level_flatten` (k = offset_l + i * S_l + j).
+            levels: the levels ``cells`` number, ascending; None: all of them.
+            size: (h, w) of the masks returned; None: the levels' own mask size (one size
+                for all of them, else ValueError). Masks of another size are resized
+                bilinearly after the sigmoid, as the reference.
+
+        Returns:
+            (B, M, h, w) float32 mask probabilities in [0, 1].
+        """
+        levels = tuple(range(self.num_levels)) if levels is None else tuple(int(l) for l in levels)
+        if size is None:
+            sizes = {self.mask_size(l) for l in levels}
+            if len(sizes) != 1:
+                raise ValueError(f"{self.name}: levels {levels} predict masks at sizes {sorted(sizes)}; pass size")
+            size = sizes.pop()
+        return self._masks(outputs, ops.cast(cells, "int32"), levels, tuple(int(v) for v in size))
+
+    def _masks(self, outputs, cells, levels, size):
+        """:meth:`masks_for_cells` with its arguments resolved: (B, M, *size) float32."""
+        raise NotImplementedError
+
+    # --- loss -------------------------------------------------------------------------------
+    def loss_level_groups(self):
+        """Levels whose positives the Dice loss gathers together (one mask build per group):
+        by default one group per level, each at its own mask resolution."""
+        return [(l,) for l in range(self.num_levels)]
+
+    def max_positive_slots(self, max_instances, levels):
+        """M, the static number of positive cells per image the Dice loss builds masks for,
+        over ``levels`` (one of :meth:`loss_level_groups`).
+
+        An object is positive on at most a 3x3 centre region per level and, as only adjacent
+        scale ranges overlap, on at most two levels (three only for a scale exactly on a
+        bound three inclusive ranges share; the budget is shared by the image's objects, so
+        that rarely costs a positive). Capped at the levels' cell count. One method, so that
+        a config value can replace the bound.
+        """
+        cells = sum(self.num_grids[l] ** 2 for l in levels)
+        return min(cells, 9 * min(len(levels), 2) * int(max_instances))
+
+
+class _ChannelMaskVariant(Variant):
+    """Variants whose masks are channels of per-level mask outputs at stride/2 (SOLO,
+    Decoupled SOLO): masks are gathered level by level and each cell takes its own level's."""
+
+    @property
+    def mask_strides(self):
+        return tuple(int(s) // 2 for s in self.model_config.strides)
+
+    def _level_masks(self, outputs, level, cells, size):
+        """(B, M, *size) probabilities of cells (B, M) numbered within level ``level``."""
+        raise NotImplementedError
+
+    def _masks(self, outputs, cells, levels, size):
+        if len(levels) == 1:
+            return self._level_masks(outputs, levels[0], cells, size)
+        out, start = 0.0, 0
+        for level in levels:
+            cells_l = self.num_grids[level] ** 2
+            in_level = ops.logical_and(cells >= start, cells < start + cells_l)  # (B, M)
+            local = ops.clip(cells - start, 0, cells_l - 1)
+            mask = self._level_masks(outputs, level, local, size)
+            # one indicator is 1 per cell, the others 0: the sum is that level's mask, exactly
+            out = out + mask * ops.cast(ops.expand_dims(ops.expand_dims(in_level, -1), -1), "float32")
+            start += cells_l
+        return out
+
+
+# --- the variants -----------------------------------------------------------------------------
+class SOLOVariant(_ChannelMaskVariant):
+    """SOLO: level l predicts S_l^2 mask channels at stride/2; cell k's mask is channel k."""
+
+    name = "solo"
+
+    def head_outputs(self, pyramid):
+        return dict(SOLOHead(**self._head_kwargs())(self._level_features(pyramid)))
+
+    def mask_output_names(self, level):
+        return [f"mask_{level}"]
+
+    def _level_masks(self, outputs, level, cells, size):
+        return _gather_channels(outputs[f"mask_{level}"], cells, size)
+
+
+class DecoupledSOLOVariant(_ChannelMaskVariant):
+    """Decoupled SOLO: level l predicts S_l column (X) and S_l row (Y) channels at stride/2;
+    cell k = i * S + j's mask is sigmoid(x_j) * sigmoid(y_i)."""
+
+    name = "decoupled_solo"
+
+    def head_outputs(self, pyramid):
+        return dict(DecoupledSOLOHead(**self._head_kwargs())(self._level_features(pyramid)))
+
+    def mask_output_names(self, level):
+        return [f"mask_x_{level}", f"mask_y_{level}"]
+
+    def _level_masks(self, outputs, level, cells, size):
+        s = self.num_grids[level]
+        return _gather_channels(outputs[f"mask_x_{level}"], cells % s, size) * _gather_channels(
+            outputs[f"mask_y_{level}"], cells // s, size
+        )
+
+
+class SOLOv2Variant(Variant):
+    """SOLOv2: each cell predicts an E-wide dynamic 1x1 kernel; its mask is
+    sigmoid(kernel . mask feature), the one stride-4 feature every level shares."""
+
+    name = "solov2"
+
+    def validate(self):
+        cfg = self.model_config
+        if cfg.mask_feature_channels % cfg.norm_groups or cfg.mask_channels % cfg.norm_groups:
+            raise ConfigError(
+                "model.mask_feature_channels and model.mask_channels must be divisible by model.norm_groups"
+            )
+
+    def head_outputs(self, pyramid):
+        cfg = self.model_config
+        kwargs = self._head_kwargs()
+        out = dict(SOLOv2Head(mask_channels=cfg.mask_channels, **kwargs)(self._level_features(pyramid)))
+        mask_feature = MaskFeatureHead(
+            cfg.mask_feature_channels, cfg.mask_channels, norm_groups=cfg.norm_groups, name="mask_feature_head"
+        )
+        out["mask_feature"] = mask_feature({k: pyramid[k] for k in ("P2", "P3", "P4", "P5")})
+        return out
+
+    @property
+    def mask_strides(self):
+        return tuple(4 for _ in self.model_config.strides)
+
+    def mask_output_names(self, level):
+        return [f"kernel_{level}"]
+
+    def output_names(self):
+        return super().output_names() + ["mask_feature"]
+
+    def loss_level_groups(self):
+        # every level's masks come from the one stride-4 feature: one matmul for all positives
+        return [tuple(range(self.num_levels))]
+
+    def _masks(self, outputs, cells, levels, size):
+        feature = ops.cast(outputs["mask_feature"], "float32")  # (B, h4, w4, E)
+        hh, ww, e = feature.shape[1], feature.shape[2], feature.shape[3]
+        kernels = multi_level_flatten([ops.cast(outputs[f"kernel_{l}"], "float32") for l in levels])  # (B, G, E)
+        kernels = take_slots(kernels, cells)  # (B, M, E)
+        logits = ops.matmul(kernels, ops.transpose(ops.reshape(feature, (-1, hh * ww, e)), (0, 2, 1)))  # (B, M, hw)
+        masks = ops.reshape(ops.sigmoid(logits), (-1, cells.shape[1], hh, ww))
+        if (hh, ww) == size:
+            return masks
+        return ops.transpose(_resize(ops.transpose(masks, (0, 2, 3, 1)), size), (0, 3, 1, 2))
+
+
+VARIANTS = {v.name: v for v in (SOLOVariant, DecoupledSOLOVariant, SOLOv2Variant)}
+
+
+def get_variant(model_config) -> Variant:
+    """The :class:`Variant` of a model config.
+
+    Args:
+        model_config: a :class:`solo_tf.config.ModelConfig`, its dict form, or a Variant
+            (returned as it is).
+
+    Raises:
+        ValueError: ``model_config.variant`` is not in :data:`VARIANTS`.
+    """
+    if isinstance(model_config, Variant):
+        return model_config
+    if not isinstance(model_config, ModelConfig):
+        model_config = section_from_dict(ModelConfig, dict(model_config), "model")
+    try:
+        cls = VARIANTS[model_config.variant]
+    except KeyError:
+        raise ValueError(f"unknown model variant {model_config.variant!r}; known: {', '.join(VARIANTS)}") from None
+    return cls(model_config)
