@@ -35,10 +35,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from solo_tf.config import load_config  # noqa: E402
-from solo_tf.data.cis680 import cis680_source  # noqa: E402
-from solo_tf.data.coco import coco_source  # noqa: E402
 from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported  # noqa: E402
 from solo_tf.data.pipeline import prepare  # noqa: E402
+from solo_tf.data.sources import cis680_source, coco_source  # noqa: E402
 
 
 def _blob_polygon(rng, h, w):
@@ -150,7 +149,8 @@ def main():
                 ann, imgs = args.coco_annotations, args.coco_images
             else:
                 ann, imgs = write_synthetic_coco(tmp / "coco", args.images)
-            data = dataclasses.replace(cfg.data, source="coco", train_annotations=str(ann), train_images=str(imgs))
+            data = dataclasses.replace(cfg.data, source="coco", coco=dataclasses.replace(
+                cfg.data.coco, train_annotations=str(ann), train_images=str(imgs)))
             cfg = dataclasses.replace(cfg, data=data)
             bench("coco", lambda s: coco_source(data, s, cfg.model.num_classes), cfg, args.batch, args.warmup,
                   args.batches)
@@ -164,10 +164,10 @@ def main():
                 root = write_synthetic_cis680(tmp / "cis680", args.images)
                 files = {"img": root / "img.h5", "mask": root / "mask.h5", "labels": root / "labels.npy",
                          "bboxes": root / "bboxes.npy"}
-            data = dataclasses.replace(
-                cfg.data, cis680_images=str(files["img"]), cis680_masks=str(files["mask"]),
-                cis680_labels=str(files["labels"]), cis680_bboxes=str(files["bboxes"]), trust_pickle=True,
-            )
+            data = dataclasses.replace(cfg.data, cis680=dataclasses.replace(
+                cfg.data.cis680, images=str(files["img"]), masks=str(files["mask"]),
+                labels=str(files["labels"]), bboxes=str(files["bboxes"]), trust_pickle=True,
+            ))
             cfg = dataclasses.replace(cfg, data=data)
             bench("cis680", lambda s: cis680_source(data, s, cfg.model.num_classes), cfg, args.batch, args.warmup,
                   args.batches)

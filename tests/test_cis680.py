@@ -8,8 +8,9 @@ h5py = pytest.importorskip("h5py")
 pytest.importorskip("pycocotools")
 
 from solo_tf.config import CIS680SourceConfig, DataConfig  # noqa: E402
-from solo_tf.data.cis680 import CLASS_NAMES, Cis680Dataset, cis680_source  # noqa: E402
+from solo_tf.data.cis680 import CLASS_NAMES, Cis680Dataset  # noqa: E402
 from solo_tf.data.errors import DataError  # noqa: E402
+from solo_tf.data.sources import cis680_source, cis680_sources  # noqa: E402
 
 H, W = 30, 40
 LABELS = [[1], [2, 3], [], [3], [1, 2, 2], [2], [1], [3, 1], [2], [1]]  # 10 images, 13 objects
@@ -122,12 +123,14 @@ def test_split_is_seeded_80_20_and_disjoint(cis_files):
 def test_source_splits_and_goes_through_the_pipeline(cis_files):
     from conftest import tiny_model_config
 
-    from solo_tf.data.pipeline import RecordSource, prepare
+    from solo_tf.data.pipeline import prepare
+    from solo_tf.data.sources import RecordSource
 
     cfg = data_config(cis_files, seed=5)
     tr = cis680_source(cfg, "train", num_classes=3)
     va = cis680_source(cfg, "val", num_classes=3)
     assert isinstance(tr, RecordSource) and tr.class_names == CLASS_NAMES
+    assert tr.category_ids == (1, 2, 3)  # the label values, as `solo-tf convert` writes them
     assert (tr.num_records, va.num_records) == (8, 2)
     tr_ids = sorted(int(r["image_id"]) for r in tr.records)
     va_ids = sorted(int(r["image_id"]) for r in va.records)
@@ -142,6 +145,22 @@ def test_source_splits_and_goes_through_the_pipeline(cis_files):
     assert set(np.unique(y["classes"].numpy())) <= {-1, 0, 1, 2}
     with pytest.raises(DataError, match="has 3 classes .* model.num_classes is 80"):
         cis680_source(cfg, "train", num_classes=80)
+
+
+def test_both_splits_come_from_one_scan_and_share_its_log(cis_files, monkeypatch):
+    scans = []
+    original = Cis680Dataset._scan_masks
+
+    def counted(self, masks):
+        scans.append(self.masks_h5)
+        return original(self, masks)
+
+    monkeypatch.setattr(Cis680Dataset, "_scan_masks", counted)
+    both = cis680_sources(data_config(cis_files, skip_bad=True), num_classes=3)
+    assert len(scans) == 1
+    assert both["train"].bad_records is both["val"].bad_records
+    cis680_sources(data_config(cis_files, skip_bad=True), num_classes=3)
+    assert len(scans) == 2  # a second call scans again: nothing is cached between calls
 
 
 def test_mask_count_must_equal_label_total(tmp_path):

@@ -7,9 +7,10 @@ tf = pytest.importorskip("tensorflow")
 mask_utils = pytest.importorskip("pycocotools.mask")
 Image = pytest.importorskip("PIL.Image")
 
-from solo_tf.config import CocoSourceConfig, DataConfig  # noqa: E402
-from solo_tf.data.coco import CocoDataset, coco_dataset, coco_source, rle_string_counts  # noqa: E402
-from solo_tf.data.errors import BadRecordLog, DataError, bad_record_logs, data_error_from  # noqa: E402
+from solo_tf.config import CocoSourceConfig, Config, DataConfig, LabelsConfig  # noqa: E402
+from solo_tf.data.coco import CocoDataset, rle_string_counts  # noqa: E402
+from solo_tf.data.errors import BadRecordLog, DataError, data_error_from  # noqa: E402
+from solo_tf.data.sources import coco_source, load_source, open_sources  # noqa: E402
 
 # Fixture: three images.
 #   image 11 (40 x 50): a polygon (category 5 "car"), a compressed RLE (category 9 "dog"),
@@ -179,13 +180,15 @@ def test_bad_category_map_is_rejected(coco_files):
 def test_source_goes_through_the_pipeline(coco_files):
     from conftest import tiny_model_config
 
-    from solo_tf.data.pipeline import RecordSource, prepare
+    from solo_tf.data.pipeline import prepare
+    from solo_tf.data.sources import RecordSource
 
     ann, image_dir = coco_files
     data = DataConfig(source="coco", max_instances=4, coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir)), flip=False)
     src = coco_source(data, "train", num_classes=3)
     assert isinstance(src, RecordSource)
     assert src.class_names == ("car", "unused", "dog") and src.num_records == 3
+    assert src.category_ids == (5, 7, 9)  # the file's ids, in class-index order
     assert coco_source(data, "val", num_classes=3) is None  # no val file configured
     model = tiny_model_config(image_size=(64, 64), num_classes=3)
     batches = list(prepare(src.records, model, data, batch_size=3, training=True))
@@ -213,16 +216,62 @@ def test_training_order_is_reshuffled_each_epoch(tmp_path):
     assert epochs[0] != epochs[1]
 
 
-def test_val_split_uses_the_training_category_map(coco_files, tmp_path):
+def _count_json_reads(monkeypatch):
+    reads = []
+    original = CocoDataset._read_json
+
+    def counted(self):
+        reads.append(self.annotation_file.name)
+        return original(self)
+
+    monkeypatch.setattr(CocoDataset, "_read_json", counted)
+    return reads
+
+
+def _train_val_config(coco_files, tmp_path):
     ann, image_dir = coco_files
     val = coco_json()
     val["categories"] = [{"id": 9, "name": "dog"}, {"id": 5, "name": "car"}]  # no id 7: own map would differ
-    val_ann, _ = write_coco(tmp_path / "val", val)
-    cfg = DataConfig(source="coco", coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir),
-                                                          val_annotations=str(val_ann), val_images=str(image_dir)))
-    train = coco_dataset(cfg, "train", progress=False)
-    v = coco_dataset(cfg, "val", progress=False)
-    assert v.category_map == train.category_map
+    val_ann = tmp_path / "val.json"
+    val_ann.write_text(json.dumps(val))
+    cfg = Config()
+    cfg.model.num_classes = 3
+    cfg.data = DataConfig(source="coco", max_instances=4, flip=False,
+                          coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir),
+                                                val_annotations=str(val_ann), val_images=str(image_dir)))
+    return cfg
+
+
+def test_val_split_gets_the_training_category_map_and_each_file_is_read_once(coco_files, tmp_path, monkeypatch):
+    from solo_tf.data.pipeline import build_datasets
+
+    cfg = _train_val_config(coco_files, tmp_path)
+    reads = _count_json_reads(monkeypatch)
+    src = open_sources(cfg)
+    assert src["val"].category_map == src["train"].category_map == {
+        0: {"id": 5, "name": "car"}, 1: {"id": 7, "name": "unused"}, 2: {"id": 9, "name": "dog"}}
+    assert sorted(reads) == ["annotations.json", "val.json"]
+    # image 11 holds a car and a dog: train's numbering (car 0, dog 2), not val's own (dog 0, car 1)
+    by_image = {int(r["image_id"]): sorted(r["classes"].numpy().tolist()) for r in src["val"].records}
+    assert by_image[11] == [0, 2]
+
+    reads.clear()
+    _, _, info = build_datasets(cfg)
+    assert sorted(reads) == ["annotations.json", "val.json"]  # the trainer's ids come from the source
+    assert info["category_ids"] == [5, 7, 9] and info["class_names"] == ["car", "unused", "dog"]
+
+
+def test_a_split_opened_alone_depends_only_on_the_config(coco_files, tmp_path):
+    cfg = _train_val_config(coco_files, tmp_path)
+    open_sources(cfg)  # opening train first leaves nothing behind
+    cfg.model.num_classes = 2
+    own = load_source(cfg, "val")
+    assert own.category_map == {0: {"id": 5, "name": "car"}, 1: {"id": 9, "name": "dog"}}
+    # a trained model's labels fix the numbering; names missing there come from the file
+    cfg.model.num_classes = 3
+    cfg.labels = LabelsConfig(category_ids=[5, 7, 9])
+    fixed = load_source(cfg, "val")
+    assert fixed.category_map == {0: {"id": 5, "name": "car"}, 1: {"id": 7, "name": "7"}, 2: {"id": 9, "name": "dog"}}
 
 
 def test_num_classes_mismatch_names_the_file(coco_files):
@@ -304,7 +353,6 @@ def test_bad_annotations_skipped_and_counted(tmp_path, name, fn, pattern, reason
     ds = CocoDataset(ann, image_dir, skip_bad=True, progress=False)
     assert ds.bad.counts == {reason: 1}
     assert reason in ds.bad.summary() and "skipped 1 bad record" in ds.bad.summary()
-    assert ds.bad in bad_record_logs()
     recs = by_id(tf_records(ds))
     assert {iid: len(r["classes"]) for iid, r in recs.items()} == kept
 
@@ -413,3 +461,20 @@ def test_progress_is_printed_to_stderr(coco_files, capsys):
     CocoDataset(ann, image_dir)
     err = capsys.readouterr().err
     assert "scanning annotations.json: 4/4" in err and "checking images" in err
+
+
+def test_records_skipped_while_decoding_are_counted_in_the_sources_log(tmp_path):
+    from solo_tf.data.pipeline import build_datasets
+
+    ann, image_dir = write_coco(tmp_path)
+    _corrupt(image_dir / "img_12.png")  # the header is fine, so only decoding finds it
+    cfg = Config()
+    cfg.model.image_size, cfg.model.num_classes = (64, 64), 3
+    cfg.train.batch_size = 1
+    cfg.data = DataConfig(source="coco", max_instances=4, skip_bad=True,
+                          coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir)))
+    train_ds, _, info = build_datasets(cfg)
+    (log,) = info["bad_records"]
+    assert log.total == 0
+    assert len(list(train_ds)) == 2  # three images, one skipped
+    assert log.counts == {"corrupt image file": 1} and "img_12.png" in log.summary()

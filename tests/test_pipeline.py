@@ -4,8 +4,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from solo_tf.config import Config, DataConfig, ModelConfig  # noqa: E402
-from solo_tf.data import pipeline  # noqa: E402
-from solo_tf.data.pipeline import PipelineStats, build_datasets, prepare, shapes_source  # noqa: E402
+from solo_tf.data import sources  # noqa: E402
+from solo_tf.data.pipeline import PipelineStats, build_datasets, prepare  # noqa: E402
+from solo_tf.data.sources import shapes_source  # noqa: E402
 from solo_tf.data.shapes import CLASS_NAMES  # noqa: E402
 
 SIGNATURE = {
@@ -258,6 +259,7 @@ def test_build_datasets_for_shapes():
     cfg = shapes_config()
     train_ds, val_ds, info = build_datasets(cfg)
     assert info["class_names"] == list(CLASS_NAMES)
+    assert info["category_ids"] is None and info["bad_records"] == []  # generated: ids are indices, nothing bad
     assert (info["num_train"], info["num_val"]) == (6, 4)
     batches = list(train_ds)
     assert len(batches) == 3
@@ -267,9 +269,21 @@ def test_build_datasets_for_shapes():
     assert sum(int(i.shape[0]) for i, _ in val_ds) == 4
 
 
-def test_build_datasets_names_a_missing_source_module(monkeypatch):
-    monkeypatch.setitem(pipeline._SOURCES, "coco", ("solo_tf.data._not_there", "coco_source"))
+def test_a_source_whose_reader_is_not_installed_is_named(monkeypatch):
+    kind = sources.SOURCES["coco"]
+    monkeypatch.setitem(sources.SOURCES, "coco", kind._replace(requires=("solo_tf_not_installed",)))
     cfg = shapes_config()
     cfg.data.source = "coco"
-    with pytest.raises(RuntimeError, match="solo_tf.data._not_there"):
+    with pytest.raises(RuntimeError, match="data.source='coco' needs solo_tf_not_installed"):
         build_datasets(cfg)
+
+
+def test_sources_load_without_the_pipeline():
+    import subprocess
+    import sys
+
+    code = "import sys, solo_tf.data.sources; print(sorted(m for m in sys.modules if m.startswith('solo_tf.data')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "solo_tf.data.sources" in loaded and "solo_tf.data.pipeline" not in loaded

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_tf.data.errors import BadRecordLog, DataError, Progress, file_key
+from solo_tf.data.errors import BadRecordLog, DataError, Progress
 
 CLASS_NAMES = ("vehicle", "person", "animal")
 _SCAN_CHUNK = 128  # masks read per h5 slice while scanning
@@ -323,45 +323,12 @@ class Cis680Dataset:
         return ds.map(_record, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-_cache: dict = {}
-_cache_lock = threading.Lock()
-
-
 def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
-    """The validated :class:`Cis680Dataset` of a DataConfig (cached: train and val share one scan)."""
+    """The validated :class:`Cis680Dataset` of a DataConfig's ``data.cis680`` files (scanned now)."""
     c = data_config.cis680
     paths = (c.images, c.masks, c.labels)
-    missing = [k for k, p in zip(("cis680_images", "cis680_masks", "cis680_labels"), paths) if not p]
+    missing = [k for k, p in zip(("images", "masks", "labels"), paths) if not p]
     if missing:
-        raise DataError(f"data.source is 'cis680' but data.{missing[0]} is not set")
-    key = tuple(file_key(p) for p in (*paths, c.bboxes)) + (
-        bool(c.trust_pickle), bool(data_config.skip_bad))
-    with _cache_lock:
-        ds = _cache.get(key)
-        if ds is None:
-            ds = Cis680Dataset(*paths, bboxes_npy=c.bboxes, trust_pickle=c.trust_pickle,
-                               skip_bad=data_config.skip_bad, progress=progress)
-            _cache.clear()  # one dataset at a time: each holds open h5 handles
-            _cache[key] = ds
-    return ds
-
-
-def cis680_source(data_config, split: str, num_classes: int | None = None):
-    """Records of the seeded ``train`` / ``val`` (alias ``test``) split as a RecordSource.
-
-    The split is ``data_config.cis680.val_fraction`` (0.2: the homework's 80/20) of the images,
-    drawn with ``data_config.seed``. Training records come in a freshly shuffled order
-    each epoch.
-    """
-    from solo_tf.data.pipeline import RecordSource
-
-    if split not in ("train", "val", "test"):
-        raise DataError(f"cis680: split must be 'train', 'val' or 'test', got {split!r}")
-    if num_classes is not None and int(num_classes) != len(CLASS_NAMES):
-        raise DataError(f"the cis680 source has {len(CLASS_NAMES)} classes ({', '.join(CLASS_NAMES)}) but "
-                        f"model.num_classes is {num_classes}; set model.num_classes: {len(CLASS_NAMES)}")
-    ds = cis680_dataset(data_config)
-    train, val = ds.split(data_config.cis680.val_fraction, data_config.seed)
-    indices = train if split == "train" else val
-    records = ds.records(indices, shuffle=split == "train", seed=int(data_config.seed))
-    return RecordSource(records, CLASS_NAMES, len(indices))
+        raise DataError(f"data.source is 'cis680' but data.cis680.{missing[0]} is not set")
+    return Cis680Dataset(*paths, bboxes_npy=c.bboxes, trust_pickle=c.trust_pickle,
+                         skip_bad=data_config.skip_bad, progress=progress)

@@ -33,13 +33,12 @@ Problems with the file as a whole (not found, truncated or invalid JSON, no ``im
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from solo_tf.data.errors import BadRecordLog, DataError, Progress, file_key
+from solo_tf.data.errors import BadRecordLog, DataError, Progress
 
 # Largest image the reader accepts (pixels): a bigger height * width in the JSON is a
 # corrupt entry, not a photo, and rasterising masks for it would exhaust memory.
@@ -167,7 +166,7 @@ class CocoDataset:
 
     def _set_categories(self, categories, category_map):
         if category_map is not None:
-            self._category_map = self._checked_category_map(category_map)
+            self._category_map = self._checked_category_map(category_map, categories)
         else:
             by_id = {}
             for k, c in enumerate(categories):
@@ -184,7 +183,10 @@ class CocoDataset:
             self._category_map = {i: {"id": cid, "name": by_id[cid]} for i, cid in enumerate(sorted(by_id))}
         self._index_of_id = {v["id"]: i for i, v in self._category_map.items()}
 
-    def _checked_category_map(self, category_map):
+    def _checked_category_map(self, category_map, categories):
+        """The given map, checked; an entry without a name takes the file's name for its id."""
+        file_names = {c["id"]: c["name"] for c in categories
+                      if isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)}
         if not isinstance(category_map, dict) or not category_map:
             raise DataError(f"category_map must be a non-empty dict index -> {{id, name}}, got {category_map!r:.80}")
         out = {}
@@ -195,7 +197,7 @@ class CocoDataset:
                 raise DataError(f"category_map: key {key!r} is not a class index") from None
             if not isinstance(v, dict) or not _is_int(v.get("id")) or not isinstance(v.get("name", ""), str):
                 raise DataError(f"category_map[{key!r}] must be {{'id': int, 'name': str}}, got {v!r:.80}")
-            out[i] = {"id": int(v["id"]), "name": v.get("name", str(v["id"]))}
+            out[i] = {"id": int(v["id"]), "name": v.get("name", file_names.get(v["id"], str(v["id"])))}
         if sorted(out) != list(range(len(out))):
             raise DataError(f"category_map keys must be 0..{len(out) - 1}, got {sorted(out)}")
         if len({v["id"] for v in out.values()}) != len(out):
@@ -498,18 +500,14 @@ class CocoDataset:
         return ds.map(lambda record, ok: record)
 
 
-_train_category_maps: dict = {}
-_cache_lock = threading.Lock()
-
-
 def coco_dataset(
     data_config, split: str, category_map: dict | None = None, progress: bool = True
 ) -> CocoDataset | None:
     """The :class:`CocoDataset` of ``split`` ("train" or "val") from a DataConfig, or None.
 
-    ``val`` uses the training file's category map when the training split was loaded in
-    this process (so indices agree even if the val file lists categories differently);
-    otherwise its own categories. None when the split's annotation file is not set (val).
+    ``category_map`` fixes the class index of each category id (pass the training split's
+    to a validation split whose file lists its categories differently); without it the
+    file's own categories are used. None when the split's annotation file is not set (val).
     """
     if split not in ("train", "val"):
         raise DataError(f"coco: split must be 'train' or 'val', got {split!r}")
@@ -522,33 +520,4 @@ def coco_dataset(
         raise DataError("data.source is 'coco' but data.coco.train_annotations is not set")
     if images is None:
         images = str(Path(ann).parent)  # image files beside the JSON when no folder is given
-    if category_map is None and split == "val" and coco.train_annotations:
-        with _cache_lock:
-            category_map = _train_category_maps.get(file_key(coco.train_annotations))
-    ds = CocoDataset(ann, images, skip_bad=data_config.skip_bad, category_map=category_map, progress=progress)
-    if split == "train":
-        with _cache_lock:
-            _train_category_maps[file_key(ann)] = ds.category_map
-    return ds
-
-
-def coco_source(data_config, split: str, num_classes: int | None = None, category_map: dict | None = None):
-    """Records of a COCO split as a :class:`~solo_tf.data.pipeline.RecordSource`, or None.
-
-    ``num_classes`` (``model.num_classes``) must equal the number of categories. Training
-    records come in a freshly shuffled (seeded) order each epoch. For the category map and
-    the bad-record log use :func:`coco_dataset`; every log is also reachable through
-    :func:`solo_tf.data.errors.bad_record_logs`.
-    """
-    from solo_tf.data.pipeline import RecordSource
-
-    ds = coco_dataset(data_config, split, category_map=category_map)
-    if ds is None:
-        return None
-    if num_classes is not None and int(num_classes) != ds.num_classes:
-        raise DataError(
-            f"{ds.annotation_file}: has {ds.num_classes} categories but model.num_classes is {num_classes}; "
-            f"set model.num_classes: {ds.num_classes}"
-        )
-    records = ds.records(shuffle=split == "train", seed=int(data_config.seed))
-    return RecordSource(records, ds.class_names, len(ds))
+    return CocoDataset(ann, images, skip_bad=data_config.skip_bad, category_map=category_map, progress=progress)

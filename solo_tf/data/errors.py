@@ -3,7 +3,9 @@
 Every reader check has one outcome per record: by default it raises :class:`DataError`
 whose message names the file and the record; with ``skip_bad=True`` the record is skipped
 and counted in a :class:`BadRecordLog` under a short reason, and :meth:`BadRecordLog.summary`
-reports all of them. Nothing is dropped without being counted.
+reports all of them. Nothing is dropped without being counted. Each reader owns its log and
+hands it over (``RecordSource.bad_records``, ``build_datasets``' ``info["bad_records"]``):
+there is no process-wide registry.
 """
 
 from __future__ import annotations
@@ -12,20 +14,7 @@ import re
 import sys
 import threading
 import time
-import weakref
-from pathlib import Path
 from collections import Counter
-
-_LOGS: "weakref.WeakSet[BadRecordLog]" = weakref.WeakSet()
-
-
-def bad_record_logs() -> list:
-    """Every live :class:`BadRecordLog` that has skipped something, oldest first.
-
-    The CLI prints their summaries at the end of a run, so records skipped while
-    decoding (after the up-front scan) are reported too.
-    """
-    return sorted((log for log in list(_LOGS) if log.total), key=lambda log: log._created)
 
 
 class DataError(ValueError):
@@ -72,8 +61,6 @@ class BadRecordLog:
         self._counts: Counter = Counter()
         self._examples: dict[str, list[str]] = {}
         self._lock = threading.Lock()
-        self._created = time.monotonic_ns()
-        _LOGS.add(self)
 
     def skip(self, reason: str, message: str) -> None:
         """Record one skipped record under ``reason`` (a short fixed phrase)."""
@@ -173,16 +160,3 @@ class Progress:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def file_key(path):
-    """Cache key of a file: resolved path, mtime and size (None for no path), so a source
-    scanned once per process is scanned again when its file changes."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-        return (str(p), st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (str(p), None, None)

@@ -1,46 +1,25 @@
 """The input pipeline every data source goes through: records -> padded model batches.
 
-Record contract (what a source yields, unbatched; n and h, w vary per record)::
-
-    image     (h, w, 3) uint8 RGB
-    masks     (n, h, w) uint8 0/1, one per instance
-    classes   (n,) int32, 0-based class index
-    image_id  () int64
-
-A source is a function ``*_source(data_config, split, num_classes) -> RecordSource`` (the
-records plus their class names and count); :func:`shapes_source` is the embedded one and
-``solo_tf.data.coco.coco_source`` / ``solo_tf.data.cis680.cis680_source`` follow it.
-
-:func:`prepare` resizes each record to fit ``model.image_size`` (keeping the aspect ratio),
-optionally augments (multi-scale, horizontal flip), pads bottom/right, computes boxes and
-centres of mass from the full-resolution masks, downsamples the masks to stride 4, pads the
-ground truth to ``data.max_instances`` (class -1) and batches. Per image, all tf ops: no
-Python per object. Objects lost on the way (empty after resizing, or beyond
-``max_instances``) are counted in a :class:`PipelineStats` and, with ``with_meta``, per image.
+Sources (:mod:`solo_tf.data.sources`) yield unbatched records (``image`` (h, w, 3) uint8,
+``masks`` (n, h, w) uint8, ``classes`` (n,) int32, ``image_id`` int64). :func:`prepare`
+letterboxes each record onto ``model.image_size`` with :func:`solo_tf.preprocess.letterbox`
+(the resize inference and the exported graphs use too), optionally augments (multi-scale,
+horizontal flip), computes boxes and centres of mass from the full-resolution masks,
+downsamples the masks to stride 4, pads the ground truth to ``data.max_instances``
+(class -1) and batches. Per image, all tf ops: no Python per object. Objects lost on the
+way (empty after resizing, or beyond ``max_instances``) are counted in a
+:class:`PipelineStats` and, with ``with_meta``, per image. It runs whatever the Keras
+backend is (the letterbox runs on Keras' TensorFlow backend inside ``tf.data``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import NamedTuple
-
 import tensorflow as tf
 
-from solo_tf.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
-from solo_tf.data.shapes import ShapesGenerator
+from solo_tf.data.sources import RecordSource, load_source, open_sources, shapes_source  # noqa: F401 (re-exported)
+from solo_tf.preprocess import letterbox
 
-# Validation images are drawn from generator indices far above any training index, so the
-# two splits never share an image whatever num_train is.
-SHAPES_VAL_INDEX_OFFSET = 1 << 40
 _MASK_STRIDE = 4
-
-
-class RecordSource(NamedTuple):
-    """What a source function returns: unbatched records and what they describe."""
-
-    records: tf.data.Dataset
-    class_names: tuple
-    num_records: int
 
 
 class PipelineStats:
@@ -71,89 +50,20 @@ class PipelineStats:
         return f"PipelineStats({self.as_dict()})"
 
 
-# --- sources ---------------------------------------------------------------------------------
-def shapes_source(data_config, split: str, num_classes: int | None = None) -> RecordSource:
-    """The embedded procedural dataset as records.
-
-    ``train`` is generator images ``0 .. num_train-1``; ``val`` is images
-    ``SHAPES_VAL_INDEX_OFFSET + i`` for ``i < num_val`` (disjoint from train). ``image_id``
-    is the index within the split.
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"shapes_source: split must be 'train' or 'val', got {split!r}")
-    if num_classes is not None and num_classes != len(SHAPES_CLASS_NAMES):
-        raise ValueError(
-            f"model.num_classes is {num_classes} but the shapes source has {len(SHAPES_CLASS_NAMES)} "
-            f"classes ({', '.join(SHAPES_CLASS_NAMES)}); set model.num_classes: {len(SHAPES_CLASS_NAMES)}"
-        )
-    shapes = data_config.shapes
-    count = int(shapes.num_train if split == "train" else shapes.num_val)
-    offset = 0 if split == "train" else SHAPES_VAL_INDEX_OFFSET
-    gen = ShapesGenerator(
-        image_size=tuple(shapes.image_size),
-        max_objects=shapes.max_objects,
-        seed=data_config.seed,
-        min_size=shapes.object_size[0],
-        max_size=shapes.object_size[1],
-    )
-    h, w = gen.image_size
-
-    def _draw(i):
-        s = gen.sample(int(i) + offset)
-        return s["image"], s["masks"], s["classes"]
-
-    def _record(i):
-        image, masks, classes = tf.numpy_function(_draw, [i], [tf.uint8, tf.uint8, tf.int32], stateful=False)
-        image.set_shape((h, w, 3))
-        masks.set_shape((None, h, w))
-        classes.set_shape((None,))
-        return {"image": image, "masks": masks, "classes": classes, "image_id": i}
-
-    records = tf.data.Dataset.range(count).map(_record, num_parallel_calls=tf.data.AUTOTUNE)
-    return RecordSource(records, SHAPES_CLASS_NAMES, count)
-
-
-_SOURCES = {
-    "coco": ("solo_tf.data.coco", "coco_source"),
-    "cis680": ("solo_tf.data.cis680", "cis680_source"),
-}
-
-
-def load_source(config, split):
-    """Dispatch on ``config.data.source``; returns a RecordSource or None (no such split)."""
-    name = config.data.source
-    if name == "shapes":
-        return shapes_source(config.data, split, config.model.num_classes)
-    if name not in _SOURCES:
-        raise ValueError(f"data.source must be one of shapes, {', '.join(_SOURCES)}; got {name!r}")
-    module_name, fn_name = _SOURCES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            raise RuntimeError(f"data.source={name!r} needs {module_name}, which is not installed in this build") from e
-        raise
-    src = getattr(module, fn_name)(config.data, split, config.model.num_classes)
-    if src is None or isinstance(src, RecordSource):
-        return src
-    if isinstance(src, tf.data.Dataset):  # a bare dataset: take what we can from it
-        n = int(src.cardinality())
-        names = tuple(config.labels.class_names or getattr(module, "CLASS_NAMES", ()))
-        return RecordSource(src, names, n if n >= 0 else 0)
-    raise TypeError(f"{module_name}.{fn_name} returned {type(src).__name__}, expected RecordSource")
-
-
 def build_datasets(config):
     """Training and validation batches for ``config`` (batch size ``config.train.batch_size``).
 
     Returns:
         ``(train_ds, val_ds, info)``: datasets of ``(images, y)`` (see :func:`prepare`);
         ``val_ds`` is None when the source has no validation split. ``info`` holds
-        ``class_names``, ``num_train``, ``num_val`` and ``stats`` ({"train", "val"} ->
-        :class:`PipelineStats`).
+        ``class_names`` (list), ``category_ids`` (list of the dataset's id per class, or
+        None: the index is the id), ``num_train``, ``num_val``, ``stats`` ({"train", "val"}
+        -> :class:`PipelineStats`) and ``bad_records`` (the distinct
+        :class:`~solo_tf.data.errors.BadRecordLog` of the splits, live: they keep counting
+        records skipped while the datasets are iterated; print ``log.summary()`` at the end).
     """
-    train_src = load_source(config, "train")
-    val_src = load_source(config, "val")
+    sources = open_sources(config, ("train", "val"))
+    train_src, val_src = sources["train"], sources["val"]
     bs = int(config.train.batch_size)
     stats = {"train": PipelineStats(), "val": PipelineStats()}
     train_ds = prepare(train_src.records, config.model, config.data, bs, training=True, stats=stats["train"])
@@ -162,11 +72,17 @@ def build_datasets(config):
         val_ds = prepare(
             val_src.records, config.model, config.data, bs, training=False, drop_remainder=False, stats=stats["val"]
         )
+    logs = []
+    for src in (train_src, val_src):
+        if src is not None and src.bad_records is not None and all(src.bad_records is not g for g in logs):
+            logs.append(src.bad_records)
     info = {
         "class_names": list(train_src.class_names),
+        "category_ids": list(train_src.category_ids) if train_src.category_ids is not None else None,
         "num_train": int(train_src.num_records),
         "num_val": int(val_src.num_records) if val_src is not None else 0,
         "stats": stats,
+        "bad_records": logs,
     }
     return train_ds, val_ds, info
 
@@ -270,33 +186,21 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
         classes = tf.cast(record["classes"], tf.int32)
     h = tf.shape(image)[0]
     w = tf.shape(image)[1]
-    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.stack([rand, tf.constant(7, tf.int64)]), 2)
 
-    fit = tf.minimum(H / hf, W / wf)
+    short = None
     if multiscale is not None:
         short = tf.random.stateless_uniform(
             [], seeds[0], minval=multiscale[0], maxval=multiscale[1] + 1, dtype=tf.int32
         )
-        scale = tf.cast(short, tf.float32) / tf.minimum(hf, wf)
-        if max_long:
-            scale = tf.minimum(scale, float(max_long) / tf.maximum(hf, wf))
-        scale = tf.minimum(scale, fit)
-    else:
-        scale = fit
-    nh = tf.clip_by_value(tf.cast(tf.round(hf * scale), tf.int32), 1, H)
-    nw = tf.clip_by_value(tf.cast(tf.round(wf * scale), tf.int32), 1, W)
-
-    # Image and masks resized as one tensor: identical geometry, and never zero channels
+    # Image and masks letterboxed as one tensor: identical geometry, and never zero channels
     # (tf.image.resize rejects those, which an image without objects would give).
-    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(tf.transpose(masks, [1, 2, 0]), tf.float32)], -1)
-    stacked = tf.image.resize(stacked, tf.stack([nh, nw]), method="bilinear", antialias=True)
+    stacked = tf.concat([tf.cast(image, tf.uint8), tf.cast(tf.transpose(masks, [1, 2, 0]), tf.uint8)], -1)
+    stacked, (nh, nw), scale = letterbox(stacked, (H, W), short_side=short, max_long_side=max_long)
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        stacked = tf.cond(do_flip, lambda: tf.reverse(stacked, [1]), lambda: stacked)
-    stacked = tf.image.pad_to_bounding_box(stacked, 0, 0, H, W)
-    out_image = tf.clip_by_value(stacked[..., :3], 0.0, 255.0)
-    out_image.set_shape((H, W, 3))
+        stacked = tf.cond(do_flip, lambda: _flip_valid(stacked, nw), lambda: stacked)
+    out_image = tf.ensure_shape(stacked[..., :3], (H, W, 3))
     full = tf.cast(stacked[..., 3:] >= 0.5, tf.float32)  # (H, W, n)
 
     # Boxes and centres of mass from the full-resolution resized masks.
@@ -351,3 +255,9 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     }
     return out_image, y, meta
 
+
+
+def _flip_valid(canvas, valid_w):
+    """Mirror the valid columns [0, valid_w) of a (H, W, C) canvas; the padding stays right."""
+    cols = tf.range(tf.shape(canvas)[1])
+    return tf.gather(canvas, tf.where(cols < valid_w, valid_w - 1 - cols, cols), axis=1)
