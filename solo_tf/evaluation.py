@@ -1,7 +1,9 @@
 """COCO mask AP with pycocotools: in-memory ground truth, RLE results, and a dataset loop.
 
 Host-side numpy code: no TensorFlow import; datasets are iterated through
-``.as_numpy_iterator()`` when they have it (tf.data), else plainly.
+``.as_numpy_iterator()`` when they have it (tf.data), else plainly. Detections become
+per-image instances through :func:`solo_tf.inference.instances_from_detections`, the same
+path :class:`~solo_tf.inference.Predictor` uses.
 
 Category ids: the model's classes are 0-based; COCO's are whatever the annotation file says.
 ``category_ids`` (a sequence, ``category_ids[c]`` = COCO id of class c) maps them; without it
@@ -12,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from solo_tf.decoder import decode, postprocess_image, resize_bilinear
+from solo_tf.decoder import decode, resize_bilinear
+from solo_tf.inference import build_inference_model, instances_from_detections
+from solo_tf.io import write_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -180,8 +181,8 @@ def gt_from_targets(y_masks, y_classes, valid_size, orig_size):
     return resize_bilinear(canvas, (oh, ow)) > 0.5, classes[real]
 
 
-def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=None, coco_gt=None,
-                     max_batches=None, results_path=None, metrics_path=None, verbose=False):
+def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=None, class_names=None,
+                     coco_gt=None, max_batches=None, results_path=None, metrics_path=None, verbose=False):
     """Predict, decode and score a ``(images, y, meta)`` dataset with COCO mask AP.
 
     Args:
@@ -192,6 +193,7 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
             (B, 2), ``valid_size`` (B, 2).
         model_config, post_config: the decoder's configuration.
         category_ids: optional class -> COCO id mapping (for both GT and results).
+        class_names: optional names of the classes (the category table of a rebuilt GT).
         coco_gt: optional pycocotools COCO of the true annotations, matched by ``image_id``;
             without it the ground truth is rebuilt from ``y`` (see :func:`gt_from_targets`).
         max_batches: stop after this many batches.
@@ -203,8 +205,6 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         ``table`` (printable).
     """
     if hasattr(model, "model_config"):  # a raw SOLO model: decode inside one compiled graph
-        from solo_tf.inference import build_inference_model
-
         model = build_inference_model(model, post_config)
     iterator = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else iter(dataset)
     gt_images, results, image_ids = [], [], []
@@ -217,36 +217,34 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         dets = model.predict_on_batch(images) if hasattr(model, "predict_on_batch") else model(images)
         if "detection_masks" not in dets:
             dets = decode(dets, model_config, post_config)
-        dets = {k: np.asarray(v) for k, v in dets.items()}
-        for i in range(np.asarray(images).shape[0]):
+        instances = instances_from_detections(dets, meta["valid_size"], meta["orig_size"],
+                                              mask_thr=post_config.mask_thr)
+        for i, inst in enumerate(instances):
             iid = int(meta["image_id"][i])
-            orig, valid = meta["orig_size"][i], meta["valid_size"][i]
-            inst = postprocess_image({k: v[i] for k, v in dets.items()}, valid, orig,
-                                     mask_thr=post_config.mask_thr)
             results += to_coco_results(iid, inst["masks"], inst["classes"], inst["scores"], category_ids)
             image_ids.append(iid)
             if coco_gt is None:
+                orig, valid = meta["orig_size"][i], meta["valid_size"][i]
                 masks, classes = gt_from_targets(y["masks"][i], y["classes"][i], valid, orig)
                 gt_images.append({"image_id": iid, "masks": masks, "classes": classes,
                                   "height": int(orig[0]), "width": int(orig[1])})
     if not image_ids:
         raise ValueError("evaluate_dataset: the dataset gave no images")
     if coco_gt is None:
-        names = getattr(model_config, "class_names", None)
         if category_ids is None:
             category_ids = list(range(1, int(model_config.num_classes) + 1))
-        coco_gt = build_coco_gt(gt_images, category_ids, names)
+        coco_gt = build_coco_gt(gt_images, category_ids, class_names)
     else:
         missing = sorted(set(image_ids) - set(coco_gt.getImgIds()))
         if missing:
             raise ValueError(f"evaluate_dataset: image_id(s) {missing[:5]} not in the given coco_gt")
         coco_gt = _subset(coco_gt, image_ids)
     if results_path is not None:
-        write_json_atomic(results_path, results)
+        write_json(results_path, results)
     metrics = coco_mask_ap(coco_gt, results, verbose=verbose)
     report = dict(metrics, num_images=len(image_ids), num_detections=len(results))
     if metrics_path is not None:
-        write_json_atomic(metrics_path, report)
+        write_json(metrics_path, report)
     report["table"] = format_metrics(metrics)
     return report
 
@@ -263,14 +261,3 @@ def _subset(coco_gt, image_ids):
     with contextlib.redirect_stdout(io.StringIO()):
         sub.createIndex()
     return sub
-
-
-def write_json_atomic(path, obj):
-    """JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-    return str(path)

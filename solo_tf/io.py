@@ -84,9 +84,11 @@ def write_bytes(path, data: bytes) -> Path:
     return Path(path)
 
 
-def write_json(path, obj, indent=None) -> Path:
-    """``obj`` as JSON (numpy scalars and arrays converted)."""
-    return write_text(path, json.dumps(obj, indent=indent, default=_json_default))
+def write_json(path, obj, indent=None, compact=False) -> Path:
+    """``obj`` as JSON (numpy scalars and arrays converted); ``compact`` drops the spaces
+    after separators (large annotation files)."""
+    separators = (",", ":") if compact else None
+    return write_text(path, json.dumps(obj, indent=indent, separators=separators, default=_json_default))
 
 
 def _json_default(x):
@@ -135,3 +137,28 @@ def save_model(model, path) -> Path:
     with atomic_path(path, suffix=".keras") as tmp:
         keras.saving.save_model(model, tmp)
     return Path(path)
+
+
+def save_checkpoint(model, path) -> Path:
+    """Weights and optimizer state (moments, iteration count) of a compiled ``model`` to a
+    ``.weights.h5`` file, atomically: what resuming a run needs, unlike :func:`save_model`."""
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise ValueError(f"checkpoint file names must end in .weights.h5, got {path}")
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    return path
+
+
+def load_checkpoint(model, path) -> int:
+    """Restore a :func:`save_checkpoint` file into ``model`` (compiled with the same kind of
+    optimizer), optimizer state included. Returns the optimizer's iteration count."""
+    from keras import ops
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # the file's optimizer variables need a home
+    model.load_weights(path)
+    return int(ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer is not None else 0

@@ -168,3 +168,167 @@ class BudgetSchedule(keras.callbacks.Callback):
 def make_budget_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     """As :func:`make_optimizer` with a float learning rate for :class:`BudgetSchedule`."""
     return _optimizer(train, train.lr * train.warmup_ratio)
+
+
+# --- run control: fixed step counts, time budgets, learning-rate log, checkpoints -------------
+# (callbacks the tasks layer puts around ``model.fit``; solo_tf.tasks.train wires them)
+
+REFERENCE_DECAY_FRACTIONS = (27 / 36, 33 / 36)  # the 3x schedule's decay points, as fractions of the run
+
+
+def make_steps_optimizer(train: TrainConfig, total_steps: int,
+                         decay_fractions=REFERENCE_DECAY_FRACTIONS) -> keras.optimizers.Optimizer:
+    """The configured optimizer with the reference schedule shaped to ``total_steps``: the
+    step decays at 27/36 and 33/36 of the run (as the 3x schedule's epochs 27 and 33 of 36),
+    warm-up ``train.warmup_iters`` capped at a quarter of the run."""
+    total_steps = int(total_steps)
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    schedule = WarmupStepDecay(
+        train.lr,
+        boundaries=[max(1, int(round(f * total_steps))) for f in decay_fractions],
+        decay_factor=train.decay_factor,
+        warmup_iters=min(int(train.warmup_iters), total_steps // 4),
+        warmup_ratio=train.warmup_ratio,
+    )
+    return _optimizer(train, schedule)
+
+
+def _mmss(seconds):
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the epoch in which ``seconds`` have passed; with
+    ``report`` print one progress line per epoch (time used, steps, losses) to ``stream``
+    (default stderr). ``stopped_early`` tells whether the budget ended the run."""
+
+    def __init__(self, seconds, report=False, stream=None, clock=None):
+        super().__init__()
+        import time
+
+        self.seconds = float(seconds)
+        self.report = report
+        self.stream = stream
+        self.clock = clock or time.monotonic
+        self.start = None
+        self.steps = 0
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self.start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        import sys
+
+        elapsed = self.clock() - self.start
+        if self.report:
+            logs = logs or {}
+            losses = "  ".join(f"{k} {logs[k]:.3f}" for k in ("loss", "focal_loss", "dice_loss") if k in logs)
+            print(f"  [{_mmss(elapsed)} / {_mmss(self.seconds)}] step {self.steps:>5}  {losses}",
+                  file=self.stream or sys.stderr, flush=True)
+        if elapsed >= self.seconds and not self.model.stop_training:
+            self.model.stop_training = True
+            self.stopped_early = True
+
+
+class StepLimit(keras.callbacks.Callback):
+    """Stop training after exactly ``total_steps`` optimizer steps (the last epoch may be
+    shorter than the others)."""
+
+    def __init__(self, total_steps):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps >= self.total_steps:
+            self.model.stop_training = True
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``lr`` to each epoch's logs: the learning rate of the epoch's last step, so
+    ``history.csv`` (put this callback before the CSVLogger) shows the warm-up and the
+    step decays."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer (mixed precision)
+        schedule = getattr(opt, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            # ``iterations`` already counts the last step: the schedule at iterations - 1
+            # is the rate that step used (``optimizer.learning_rate`` is the next step's).
+            step = max(int(ops.convert_to_numpy(opt.iterations)) - 1, 0)
+            value = schedule(step)
+        else:  # a float rate (BudgetSchedule assigns it before every step)
+            value = opt.learning_rate
+        logs["lr"] = float(ops.convert_to_numpy(value))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch write the model's weights AND the optimizer's state (moments,
+    iteration count) to ``filepath`` (``{epoch:03d}`` is filled in, 1-based), atomically,
+    so an interrupted run resumes from it (:func:`solo_tf.io.load_checkpoint`). The model
+    file for use (:func:`solo_tf.io.save_model`) carries no optimizer state; these do (so
+    they are 2-3x the weights' size). ``keep``: how many of the files this callback wrote
+    to keep, newest first (None: all)."""
+
+    def __init__(self, filepath, keep=None):
+        super().__init__()
+        self.filepath = str(filepath)
+        if not self.filepath.endswith(".weights.h5"):
+            raise ValueError(f"checkpoint file names must end in .weights.h5, got {self.filepath}")
+        if keep is not None and int(keep) < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        self.keep = None if keep is None else int(keep)
+        self.written = []
+
+    @property
+    def last(self):
+        return self.written[-1] if self.written else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from solo_tf.io import save_checkpoint
+
+        path = save_checkpoint(self.model, self.filepath.format(epoch=epoch + 1))
+        if path in self.written:
+            self.written.remove(path)  # a fixed name ("latest") is rewritten in place
+        self.written.append(path)
+        while self.keep is not None and len(self.written) > self.keep:
+            self.written.pop(0).unlink(missing_ok=True)
+
+
+class ProgressReport(keras.callbacks.Callback):
+    """One line per epoch to ``stream`` (default stderr): time used, steps done of
+    ``total_steps``, losses. For runs whose length is set in steps (Keras would count
+    epochs instead)."""
+
+    def __init__(self, total_steps, stream=None, clock=None):
+        super().__init__()
+        import time
+
+        self.total_steps = int(total_steps)
+        self.stream = stream
+        self.clock = clock or time.monotonic
+        self.start = None
+        self.steps = 0
+
+    def on_train_begin(self, logs=None):
+        self.start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        import sys
+
+        logs = logs or {}
+        losses = "  ".join(f"{k} {logs[k]:.3f}" for k in ("loss", "focal_loss", "dice_loss") if k in logs)
+        print(f"  [{_mmss(self.clock() - self.start)}] step {self.steps:>5} / {self.total_steps}  {losses}",
+              file=self.stream or sys.stderr, flush=True)

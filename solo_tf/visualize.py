@@ -1,21 +1,39 @@
-"""Pictures: instance overlays, the target grid of each pyramid level, training curves.
+"""Pictures: instance overlays (alone, or ground truth beside prediction), the target grid
+of each pyramid level, training curves.
 
 Matplotlib through its object API and the Agg canvas (no pyplot, so no global backend is
-switched and nothing needs a display). Every function writes a PNG atomically (temporary
-name, then ``os.replace``) and returns its path.
+switched and nothing needs a display). Every picture has a title and a legend (class
+colours, the score threshold, the learning-rate steps); every function writes a PNG
+atomically (:func:`solo_tf.io.atomic_path`) and returns its path.
+
+Instance pictures colour masks by class (one colour per class, the legend's), outline each
+instance in its class colour and label it ``name score``. Images are drawn at an integer
+zoom (:func:`zoom_for`) so that small images stay readable; the layout, in pixels from the
+top: a title band of ``TITLE_PX``, a panel-caption band of ``CAPTION_PX``, the image panels
+(``PANEL_GAP_PX`` apart), the legend band.
 """
 
 from __future__ import annotations
 
 import csv
-import os
+import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from solo_tf.io import atomic_path
 
 _DPI = 100
+TITLE_PX = 30
+CAPTION_PX = 20
+PANEL_GAP_PX = 8
+_LEGEND_ROW_PX = 18
+_LEGEND_ENTRY_PX = 120
 
 
 def _palette(n):
@@ -40,61 +58,147 @@ def _figure(width_in, height_in):
 
 
 def _save(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=_DPI)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
     return str(path)
 
 
-def draw_instances(image, masks, classes, scores, class_names, path, score_thr=0.0, alpha=0.5):
-    """Overlay instance masks with ``name score`` labels; the PNG has the image's pixel size.
+def zoom_for(height, width, target_px=256):
+    """The integer zoom an image of (height, width) is drawn at: its long side reaches about
+    ``target_px`` (small images enlarged, nearest neighbour), 1 for larger images."""
+    return max(1, int(target_px) // max(int(height), int(width), 1))
+
+
+def _name(c, class_names):
+    c = int(c)
+    return class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+
+
+def _legend_rows(num_entries, fig_w_px):
+    ncol = max(1, fig_w_px // _LEGEND_ENTRY_PX)
+    return ncol, max(1, math.ceil(num_entries / ncol))
+
+
+def _draw_panels(panels, class_names, path, title, score_thr, alpha):
+    """Image panels side by side with instance overlays, a title and a class legend.
+
+    ``panels``: list of dicts ``image`` (h, w, 3), ``masks`` (n, h, w), ``classes`` (n,),
+    optional ``scores`` (n,) (None: ground truth, drawn whole and unscored) and ``caption``.
+    """
+    rgbs = [_as_rgb(p["image"]) for p in panels]
+    h, w = rgbs[0].shape[:2]
+    if any(r.shape[:2] != (h, w) for r in rgbs):
+        raise ValueError(f"all panels must have the same image size, got {[r.shape[:2] for r in rgbs]}")
+    shown = []  # per panel: the (mask, class, score or None) drawn
+    for p in panels:
+        masks = np.asarray(p["masks"])
+        masks = masks.astype(bool).reshape(-1, h, w) if masks.size else np.zeros((0, h, w), bool)
+        classes = np.asarray(p["classes"]).reshape(-1).astype(int)
+        scores = p.get("scores")
+        scores = None if scores is None else np.asarray(scores, np.float32).reshape(-1)
+        if len(masks) != len(classes) or (scores is not None and len(scores) != len(masks)):
+            raise ValueError(f"draw_instances: {len(masks)} masks, {len(classes)} classes, "
+                             f"{'no' if scores is None else len(scores)} scores")
+        keep = [i for i in range(len(masks)) if masks[i].any() and (scores is None or scores[i] >= score_thr)]
+        shown.append([(masks[i], classes[i], None if scores is None else float(scores[i])) for i in keep])
+    num_classes = len(class_names) if class_names else max([c + 1 for s in shown for _, c, _ in s] + [1])
+    colours = _palette(num_classes)
+    present = sorted({int(c) for s in shown for _, c, _ in s})
+
+    z = zoom_for(h, w)
+    pw, ph = w * z, h * z
+    fig_w = len(panels) * pw + (len(panels) - 1) * PANEL_GAP_PX
+    entries = [(Patch(facecolor=colours[c % len(colours)], edgecolor="none"), _name(c, class_names)) for c in present]
+    if any(p.get("scores") is not None for p in panels):
+        entries.append((Line2D([], [], linestyle="none"), f"score >= {score_thr:.2f}"))
+    if not entries:
+        entries.append((Line2D([], [], linestyle="none"), "no instances"))
+    ncol, rows = _legend_rows(len(entries), fig_w)
+    legend_px = 8 + _LEGEND_ROW_PX * rows
+    fig_h = TITLE_PX + CAPTION_PX + ph + legend_px
+    fig = _figure(fig_w / _DPI, fig_h / _DPI)
+    font = max(5.0, min(9.0, pw / 40))
+    for k, (rgb, inst, p) in enumerate(zip(rgbs, shown, panels)):
+        out = rgb.copy()
+        for m, c, _ in inst:
+            out[m] = (1 - alpha) * out[m] + alpha * colours[c % len(colours)]
+        left = k * (pw + PANEL_GAP_PX)
+        ax = fig.add_axes((left / fig_w, legend_px / fig_h, pw / fig_w, ph / fig_h))
+        ax.imshow(out, interpolation="nearest")
+        for m, c, s in inst:
+            colour = colours[c % len(colours)]
+            ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
+            ys, xs = np.nonzero(m)
+            text = _name(c, class_names) if s is None else f"{_name(c, class_names)} {s:.2f}"
+            ax.text(xs.min(), ys.min(), text, fontsize=font, color="white", va="top", ha="left",
+                    bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"))
+        ax.set_axis_off()
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        caption = p.get("caption") or f"{len(inst)} instance{'s' if len(inst) != 1 else ''}"
+        fig.text((left + pw / 2) / fig_w, 1 - (TITLE_PX + CAPTION_PX / 2) / fig_h, caption, fontsize=8,
+                 ha="center", va="center")
+    if title:
+        fig.text(0.5, 1 - TITLE_PX / 2 / fig_h, title, fontsize=10, ha="center", va="center", weight="bold")
+    fig.legend([e[0] for e in entries], [e[1] for e in entries], loc="lower center", ncol=ncol, frameon=False,
+               fontsize=8, handlelength=1.2, columnspacing=1.0, borderaxespad=0.3)
+    return _save(fig, path)
+
+
+def draw_instances(image, masks, classes, scores, class_names, path, score_thr=0.0, alpha=0.5, title=None):
+    """Overlay instance masks with ``name score`` labels, a title and a class legend.
 
     Args:
         image: (h, w, 3) RGB, 0-255 (or 0-1 floats).
         masks: (n, h, w) binary; classes: (n,) 0-based; scores: (n,).
         class_names: names indexed by class (None: the class number).
-        path: output PNG.
-        score_thr: instances scored below are not drawn.
+        path: output PNG: the image at :func:`zoom_for` x (``w*z`` wide) under a
+            ``TITLE_PX + CAPTION_PX`` band, above the legend.
+        score_thr: instances scored below are not drawn (the legend states it).
+        title: the picture's title (default: "prediction").
     """
-    rgb = _as_rgb(image)
-    h, w = rgb.shape[:2]
-    masks = np.asarray(masks).astype(bool).reshape(-1, h, w) if np.size(masks) else np.zeros((0, h, w), bool)
-    classes = np.asarray(classes).reshape(-1)
-    scores = np.asarray(scores, np.float32).reshape(-1)
-    if not (len(masks) == len(classes) == len(scores)):
-        raise ValueError(f"draw_instances: {len(masks)} masks, {len(classes)} classes, {len(scores)} scores")
-    colours = _palette(len(masks))
-    out = rgb.copy()
-    labels = []
-    for i, (m, c, s) in enumerate(zip(masks, classes, scores)):
-        if s < score_thr or not m.any():
-            continue
-        out[m] = (1 - alpha) * out[m] + alpha * colours[i]
-        ys, xs = np.nonzero(m)
-        name = class_names[int(c)] if class_names is not None and 0 <= int(c) < len(class_names) else str(int(c))
-        labels.append((xs.min(), ys.min(), f"{name} {s:.2f}", colours[i]))
-    fig = _figure(w / _DPI, h / _DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(out, interpolation="nearest")
-    for x, y, text, colour in labels:
-        ax.text(x, y, text, fontsize=max(5, min(10, w / 60)), color="white", va="top", ha="left",
-                bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"))
-    ax.set_axis_off()
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    return _save(fig, path)
+    return _draw_panels(
+        [{"image": image, "masks": masks, "classes": classes, "scores": scores}],
+        class_names, path, title or "prediction", score_thr, alpha,
+    )
 
 
-def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px=256):
+def draw_comparison(image, truth, prediction, class_names, path, score_thr=0.0, alpha=0.5, title=None):
+    """The ground truth beside the prediction for one image, with a title and a legend.
+
+    Args:
+        image: (h, w, 3) RGB 0-255.
+        truth: dict ``masks`` (n, h, w), ``classes`` (n,).
+        prediction: dict ``masks`` (m, h, w), ``classes`` (m,), ``scores`` (m,) (as
+            :class:`solo_tf.inference.Predictor` returns it).
+        class_names: names by class.
+        path: output PNG, two panels (left ground truth, right prediction).
+        score_thr: predictions scored below are not drawn.
+        title: the picture's title.
+    """
+    n_true = int(sum(np.asarray(m).any() for m in np.asarray(truth["masks"]))) if np.size(truth["masks"]) else 0
+    return _draw_panels(
+        [
+            {"image": image, "masks": truth["masks"], "classes": truth["classes"], "scores": None,
+             "caption": f"ground truth ({n_true})"},
+            {"image": image, "masks": prediction["masks"], "classes": prediction["classes"],
+             "scores": prediction["scores"],
+             "caption": f"prediction ({int(np.sum(np.asarray(prediction['scores']) >= score_thr))}, "
+                        f"score >= {score_thr:.2f})"},
+        ],
+        class_names, path, title or "ground truth | prediction", score_thr, alpha,
+    )
+
+
+def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px=256, title=None):
     """The positive cells of every pyramid level, coloured by the object that owns them,
     beside that level's mask targets.
 
     One row per level, three panels of ``panel_px`` square pixels each: the image with the
     S x S grid and the positive cells filled in the owner's colour; the category grid
     (class name of each positive cell); the mask targets, each painted in its owner's colour.
-    The PNG is (3 * panel_px) x (L * panel_px) pixels.
+    The PNG is (3 * panel_px) wide and ``TITLE_PX + L * panel_px + legend`` high; the
+    legend names each object (owner colour -> object number and class).
 
     Args:
         image: (H, W, 3) RGB 0-255, the padded network input.
@@ -103,6 +207,7 @@ def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px
             per positive cell in ascending k = i*S + j (the golden-case layout).
         path: output PNG.
         class_names: optional names by class.
+        title: the picture's title (default: "grid targets per pyramid level").
     """
     rgb = _as_rgb(image)
     H, W = rgb.shape[:2]
@@ -112,18 +217,27 @@ def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px
     owners_all = [np.asarray(t["owner"]) for t in levels]
     num_owners = max([int(o.max()) + 1 for o in owners_all] + [1])
     colours = _palette(num_owners)
-    size = panel_px / _DPI
-    fig = _figure(3 * size, len(levels) * size)
+    owner_class = {}  # object -> its class, read off the category grids
+    for t in levels:
+        cate, owner = np.asarray(t["category"]), np.asarray(t["owner"])
+        for o, c in zip(owner[owner >= 0].tolist(), cate[owner >= 0].tolist()):
+            owner_class.setdefault(int(o), int(c))
+    entries = [(Patch(facecolor=colours[o], edgecolor="none"), f"object {o}: {_name(c, class_names)}")
+               for o, c in sorted(owner_class.items())] or [(Line2D([], [], linestyle="none"), "no positive cells")]
+    fig_w = 3 * panel_px
+    ncol, rows = _legend_rows(len(entries), fig_w)
+    legend_px = 8 + _LEGEND_ROW_PX * rows
+    fig_h = TITLE_PX + len(levels) * panel_px + legend_px
+    fig = _figure(fig_w / _DPI, fig_h / _DPI)
     for lvl, t in enumerate(levels):
         cate, owner = np.asarray(t["category"]), np.asarray(t["owner"])
         s = cate.shape[0]
         if cate.shape != (s, s) or owner.shape != (s, s):
             raise ValueError(f"level {lvl}: category and owner must be (S, S), got {cate.shape}, {owner.shape}")
-        # Each panel leaves 4 px at the bottom and sides and 14 px at the top for its title.
-        fy, fx = 1 / (len(levels) * panel_px), 1 / (3 * panel_px)
-        y0 = 1 - (lvl + 1) / len(levels)
-        axes = [fig.add_axes((c / 3 + 4 * fx, y0 + 4 * fy, 1 / 3 - 8 * fx, 1 / len(levels) - 18 * fy))
-                for c in range(3)]
+        # Each panel leaves 4 px at the bottom and sides and 14 px at the top for its caption.
+        bottom = fig_h - TITLE_PX - (lvl + 1) * panel_px
+        axes = [fig.add_axes(((c * panel_px + 4) / fig_w, (bottom + 4) / fig_h, (panel_px - 8) / fig_w,
+                              (panel_px - 18) / fig_h)) for c in range(3)]
 
         # 1. image + grid + positive cells
         cell_rgb = np.zeros((s, s, 4))
@@ -143,9 +257,8 @@ def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px
         axes[1].imshow(grid, interpolation="nearest")
         if s <= 40:
             for i, j in zip(*np.nonzero(cate >= 0)):
-                c = int(cate[i, j])
-                name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
-                axes[1].text(j, i, name[:3], fontsize=max(3, 140 / s / 2), ha="center", va="center", color="black")
+                axes[1].text(j, i, _name(cate[i, j], class_names)[:3], fontsize=max(3, 140 / s / 2), ha="center",
+                             va="center", color="black")
         axes[1].set_title("category grid (colour = owner)", fontsize=7, pad=2)
 
         # 3. mask targets in owner colours
@@ -165,6 +278,10 @@ def draw_target_grids(image, targets_per_level, path, class_names=None, panel_px
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.text(0.5, 1 - TITLE_PX / 2 / fig_h, title or "grid targets per pyramid level", fontsize=10, ha="center",
+             va="center", weight="bold")
+    fig.legend([e[0] for e in entries], [e[1] for e in entries], loc="lower center", ncol=ncol, frameon=False,
+               fontsize=7, handlelength=1.2, columnspacing=1.0, borderaxespad=0.3)
     return _save(fig, path)
 
 
@@ -190,30 +307,80 @@ def _read_history(history_or_csv):
     return out
 
 
-def plot_training_curves(history_or_csv, path):
-    """Total, focal and Dice loss per epoch (and their ``val_`` twins when logged).
+def lr_steps(lr):
+    """Where a per-epoch learning-rate column steps down (warm-up rises are not steps).
+
+    Args:
+        lr: (E,) the rate of each epoch's last step (``history.csv``'s ``lr`` column).
+
+    Returns:
+        list of ``(e, factor)``: the rate dropped by ``factor`` (< 1) between epoch e - 1 and
+        epoch e (0-based rows).
+    """
+    lr = np.asarray(lr, float)
+    out = []
+    for e in range(1, len(lr)):
+        if np.isfinite(lr[e - 1]) and np.isfinite(lr[e]) and lr[e - 1] > 0 and lr[e] < lr[e - 1] * (1 - 1e-6):
+            out.append((e, float(lr[e] / lr[e - 1])))
+    return out
+
+
+def plot_training_curves(history_or_csv, path, title=None):
+    """Total, focal and Dice loss per epoch (and their ``val_`` twins when logged), and the
+    learning rate; dotted vertical lines mark the epochs where the learning rate stepped
+    down (from the log's ``lr`` column, :class:`solo_tf.training.LearningRateLogger`).
 
     Args:
         history_or_csv: a Keras ``History``, its ``.history`` dict, or a ``CSVLogger`` file
-            with columns ``loss``, ``focal_loss``, ``dice_loss`` (optional ``val_*``, ``epoch``).
-        path: output PNG, 1200 x 400 pixels.
+            with columns ``loss``, ``focal_loss``, ``dice_loss`` (optional ``val_*``,
+            ``epoch``, ``lr``).
+        path: output PNG, 1600 x 440 pixels (four panels under a title).
+        title: the picture's title (default: "training curves").
     """
     hist = _read_history(history_or_csv)
     keys = ("loss", "focal_loss", "dice_loss")
     if not any(k in hist for k in keys):
         raise ValueError(f"no loss columns in the training log; found {sorted(hist)}")
-    fig = _figure(12, 4)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for name, style in ((key, "-"), (f"val_{key}", "--")):
-            if name in hist and not np.all(np.isnan(np.asarray(hist[name], float))):
-                vals = hist[name]
-                epochs = hist.get("epoch", list(range(len(vals))))
-                ax.plot(np.asarray(epochs) + 1, vals, style, label=name)
-        ax.set_title({"loss": "total", "focal_loss": "focal", "dice_loss": "Dice"}[key])
+    n = max(len(v) for v in hist.values())
+    epochs = np.asarray(hist.get("epoch", list(range(n))), float) + 1  # 1-based, as Keras prints
+    lr = hist.get("lr", hist.get("learning_rate"))
+    steps = lr_steps(lr) if lr is not None else []
+    fig = _figure(16, 4.4)
+    for i, key in enumerate(keys + ("lr",)):
+        ax = fig.add_subplot(1, 4, i + 1)
+        if key == "lr":
+            if lr is not None:
+                # constant within an epoch up to the step: drawn as steps, centred on the epochs
+                ax.step(epochs[: len(lr)], lr, where="mid", color="tab:green", label="learning rate")
+                if len(lr) <= 40:
+                    ax.plot(epochs[: len(lr)], lr, "o", color="tab:green", markersize=3)
+                if np.nanmin(lr) > 0:
+                    ax.set_yscale("log")
+            else:
+                ax.text(0.5, 0.5, "no learning-rate column\nin the log", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=9)
+            ax.set_title("learning rate (last step of each epoch)")
+        else:
+            for name, style in ((key, "-"), (f"val_{key}", "--")):
+                if name in hist and not np.all(np.isnan(np.asarray(hist[name], float))):
+                    vals = hist[name]
+                    # markers while there are few epochs (a one-epoch run is a single point)
+                    ax.plot(epochs[: len(vals)], vals, style, marker="o" if len(vals) <= 40 else None,
+                            markersize=3, label=name)
+            ax.set_title({"loss": "total loss", "focal_loss": "focal loss", "dice_loss": "Dice loss"}[key])
+        for j, (e, factor) in enumerate(steps):  # the step happened between epochs e and e + 1 (1-based)
+            ax.axvline(epochs[e] - 0.5, color="grey", linestyle=":", lw=1.2,
+                       label="lr steps" if j == 0 else None)
+            if key == "lr":
+                ax.annotate(f"x{factor:.2g}", (epochs[e] - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                            fontsize=7, ha="left", va="top", color="grey")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs):
+            ax.set_xlim(float(np.min(epochs)) - 0.5, float(np.max(epochs)) + 0.5)
         if ax.lines:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.suptitle(title or "training curves", fontsize=11, weight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return _save(fig, path)

@@ -37,13 +37,18 @@ def test_train_writes_model_checkpoints_and_logs(tmp_path, capsys, targets_in):
     assert np.isfinite(summary["final_loss"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001.weights.h5", "epoch_002.weights.h5"]
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0].split(",")[:1] == ["epoch"] and "focal_loss" in history[0] and "dice_loss" in history[0]
+    header = history[0].split(",")
+    assert header[:1] == ["epoch"] and {"focal_loss", "dice_loss", "lr"} <= set(header)
     assert len(history) == 3
+    # lr 0.01 * 4/16; epoch 1 ends at step 1 of a 2-step warm-up from 1/3, epoch 2 after the
+    # decay at epoch 1 (decay_epochs (1,))
+    lr = [float(row.split(",")[header.index("lr")]) for row in history[1:]]
+    assert lr == pytest.approx([0.0025 * (1 / 3 + 2 / 3 * 1 / 2), 0.0025 * 0.1])
     assert any((out / "logs").rglob("*tfevents*"))
     assert Config.from_yaml(out / "config.yaml").labels.class_names[0] == "circle"
     model = keras.saving.load_model(out / "model.keras")
     assert model.model_config.num_classes == 6
-    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+    assert not list(out.rglob(".*")), "temporary files left behind"
 
 
 def test_train_bad_config_names_the_key(tmp_path, capsys):
@@ -58,13 +63,38 @@ def test_train_bad_config_names_the_key(tmp_path, capsys):
 def test_mixed_precision_trains_a_step(tmp_path):
     import keras
 
-    from solo_tf.cli import run_train
     from solo_tf.config import load_config
+    from solo_tf.tasks import train
 
     cfg = load_config(_tiny_run_config(tmp_path, mixed_precision=True))
     try:
-        model, history, _ = run_train(cfg, tmp_path / "mp", epochs=1, verbose=0)
-        assert model.dtype_policy.name == "mixed_float16"
-        assert np.isfinite(history["loss"][-1])
+        run = train(cfg, tmp_path / "mp", epochs=1, verbose=0)
+        assert run.model.dtype_policy.name == "mixed_float16"
+        assert np.isfinite(run.history["loss"][-1])
+        assert np.isfinite(run.history["lr"][-1])  # read through the LossScaleOptimizer
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_version_and_help_need_no_backend(capsys):
+    from solo_tf import __version__
+    from solo_tf.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and f"solo-tf {__version__}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["train"])  # --config missing: a usage error
+    assert e.value.code == 2 and "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["demo"], False),
+    (["demo", "--verbose"], True),
+    (["--verbose", "demo"], True),  # before the command: not reset by the command's own flag
+    (["-v", "info", "m.keras"], True),
+])
+def test_verbose_is_accepted_before_or_after_the_command(argv, verbose):
+    from solo_tf.cli import build_parser
+
+    assert build_parser().parse_args(argv).verbose is verbose

@@ -26,6 +26,29 @@ def test_letterbox_keeps_aspect_and_pads():
         letterbox(np.zeros((10, 10)), (64, 64))
 
 
+def test_instances_from_detections_maps_each_image_back_to_its_size():
+    """The one post-processing path: per image, filled slots only, cropped to the resized
+    image's region, resized to the original size, with boxes and names."""
+    from solo_tf.inference import instances_from_detections
+
+    masks = np.zeros((2, 3, 64, 64), np.float32)
+    masks[0, 0, 0:16, 0:32] = 1.0  # image 0: valid region 32 x 64 (original 50 x 100)
+    masks[0, 1, 16:32, 32:64] = 0.9
+    masks[1, 0, 0:64, 0:32] = 1.0  # image 1: the whole 64 x 64 canvas is the image
+    dets = {"detection_masks": masks, "detection_scores": np.array([[0.9, 0.6, 0.0], [0.8, 0.0, 0.0]], np.float32),
+            "detection_classes": np.array([[2, 0, -1], [1, -1, -1]], np.int32), "num_detections": np.array([2, 1])}
+    out = instances_from_detections(dets, [(32, 64), (64, 64)], [(50, 100), (64, 64)], class_names=["a", "b", "c"])
+    assert [len(o["scores"]) for o in out] == [2, 1]
+    assert out[0]["masks"].shape == (2, 50, 100) and out[1]["masks"].shape == (1, 64, 64)
+    assert out[0]["labels"] == ["c", "a"] and out[1]["labels"] == ["b"]
+    # the top-left half of the valid region, at the original size (scale 100/64 = 50/32)
+    np.testing.assert_allclose(out[0]["boxes"][0], [0, 0, 50, 25], atol=1)
+    np.testing.assert_allclose(out[0]["boxes"][1], [50, 25, 100, 50], atol=1)
+    np.testing.assert_array_equal(out[1]["boxes"][0], [0, 0, 32, 64])
+    with pytest.raises(ValueError, match="2 images"):
+        instances_from_detections(dets, [(32, 64)], [(50, 100)])
+
+
 @pytest.mark.parametrize("variant", ["solov2", "solo", "decoupled_solo"])
 def test_predictor_returns_masks_at_original_size(variant):
     from solo_tf.inference import Predictor
@@ -74,8 +97,10 @@ def test_predict_command_writes_overlays_and_coco_json(tmp_path, capsys):
     assert main(["predict", "--model", str(model_path), str(img), "--out", str(out), "--score-thr", "0"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["pictures"] == [str(out / "a_pred.png")]
+    from solo_tf.visualize import zoom_for
+
     with Image.open(out / "a_pred.png") as im:
-        assert im.size == (52, 40)
+        assert im.size[0] == 52 * zoom_for(40, 52) and im.size[1] > 40 * zoom_for(40, 52)
     results = json.loads((out / "predictions.json").read_text())
     assert isinstance(results, list) and len(results) == summary["detections"]
     for r in results:
@@ -115,26 +140,32 @@ def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_full_budget_reaches_target_ap(tmp_path):
     """The README's main job at its default budget (about 10 minutes on a 2-core CPU)."""
-    from solo_tf.cli import run_demo
+    from solo_tf.tasks import demo
 
-    summary = run_demo(tmp_path / "demo")
+    summary = demo(tmp_path / "demo")
     assert summary["mask_ap"] >= 0.5, summary
 
 
-def test_demo_short_run_prints_summary_and_writes_pictures(tmp_path, capsys):
+def test_demo_with_a_time_budget_writes_its_pictures(tmp_path):
+    """`solo-tf demo --minutes` (the budgeted path) end to end on a small generated set."""
     from PIL import Image
 
-    from solo_tf.cli import main
+    from solo_tf.cli import build_parser
+    from solo_tf.tasks import demo
 
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path / "x"), "--minutes", "0.4"])
+    assert (args.minutes, args.steps) == (0.4, None)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.4"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) >= {"mask_ap", "mask_ap50", "train_seconds", "model", "pictures"}
-    assert 0.0 <= summary["mask_ap"] <= 1.0 and 0.0 <= summary["mask_ap50"] <= 1.0
+    summary = demo(out, minutes=0.4, num_train=64, num_val=4, verbose=0)
+    json.dumps(summary)  # what the command prints
+    assert set(summary) >= {"mask_ap", "mask_ap50", "steps", "train_seconds", "model", "pictures"}
+    assert 0.0 <= summary["mask_ap"] <= 1.0 and 0.0 <= summary["mask_ap50"] <= 1.0 and summary["steps"] > 0
     assert summary["model"] == str(out / "model.keras") and (out / "model.keras").is_file()
     names = {p.split("/")[-1] for p in summary["pictures"]}
     assert {"target_grids.png", "training_curves.png", "prediction_0.png"} <= names
     for p in summary["pictures"]:
         with Image.open(p) as im:
             assert im.size[0] > 0 and im.size[1] > 0
-    assert (out / "metrics.json").is_file() and (out / "history.csv").is_file()
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+    assert "lr" in (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["latest.weights.h5"]

@@ -1,0 +1,95 @@
+"""`solo-tf` as a user runs it: train, then evaluate and predict in NEW processes (the model
+file must load without the training code's classes), for the reference SGD schedule and
+for AdamW; and a quiet start: no TensorFlow / absl C++ log line on any command's stderr."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model_config
+from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
+
+# What TensorFlow's C++ start-up logging looks like: absl / glog prefixed lines
+# ("I0000 00:00:1795545002.797 15338 port.cc:153] ...") and the known messages.
+NATIVE_LOG = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl|oneDNN|cpu_feature_guard|cuda|InitializeLog|TF_ENABLE_ONEDNN_OPTS",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _solo_tf(args, cwd, timeout=600, **env):
+    """Run ``python -m solo_tf.cli ARGS`` in a fresh process; the environment does not quiet
+    TensorFlow (the CLI has to)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "solo_tf.cli", *args], cwd=cwd, env=environ, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _check(proc, what):
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    found = NATIVE_LOG.findall(proc.stderr)
+    assert not found, f"{what}: native log lines on stderr: {found}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_run_inputs(tmp_path, optimizer):
+    from PIL import Image
+
+    train = dict(epochs=2, steps_per_epoch=1, batch_size=4, optimizer=optimizer, warmup_iters=1)
+    if optimizer == "sgd":  # the reference WarmupStepDecay schedule, one decay between the epochs
+        train.update(decay_epochs=(1,))
+    else:  # as shapes_demo: AdamW
+        train.update(base_lr=0.003, decay_epochs=(1,))
+    cfg = Config(
+        name=f"tiny_{optimizer}",
+        model=tiny_model_config("solov2", image_size=(64, 64), num_classes=6),
+        data=DataConfig(max_instances=6, shapes=ShapesSourceConfig(num_train=8, num_val=2, image_size=(64, 64),
+                                                                     max_objects=3)),
+        train=TrainConfig(**train),
+    )
+    cfg.to_yaml(tmp_path / "config.yaml")
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (48, 80, 3), np.uint8)).save(tmp_path / "photo.png")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_train_then_evaluate_then_predict_in_new_processes(tmp_path, optimizer):
+    _write_run_inputs(tmp_path, optimizer)
+    trained = _check(_solo_tf(["train", "--config", "config.yaml", "--out", "run"], tmp_path), "train")
+    assert trained["model"] == os.path.join("run", "model.keras") and trained["steps"] == 2
+
+    metrics = _check(_solo_tf(["evaluate", "--model", "run/model.keras"], tmp_path), "evaluate")
+    assert metrics["num_images"] == 2 and 0.0 <= metrics["AP"] <= 1.0
+
+    pred = _check(_solo_tf(["predict", "--model", "run/model.keras", "photo.png", "--out", "pred",
+                            "--score-thr", "0"], tmp_path), "predict")
+    assert pred["pictures"] == [os.path.join("pred", "photo_pred.png")]
+    results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(results) == pred["detections"]
+    assert all(r["segmentation"]["size"] == [48, 80] for r in results)
+
+
+def test_errors_are_one_quiet_line(tmp_path):
+    proc = _solo_tf(["evaluate", "--model", "missing.keras"], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["solo-tf: model file not found: missing.keras"]
+
+
+def test_version_is_quick_and_names_the_package(tmp_path):
+    proc = _solo_tf(["--version"], tmp_path, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("solo-tf ") and "keras" in proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_tensorflow_predicts_in_a_jax_process(tmp_path):
+    _write_run_inputs(tmp_path, "adamw")
+    _check(_solo_tf(["train", "--config", "config.yaml", "--out", "run"], tmp_path), "train")
+    pred = _check(_solo_tf(["predict", "--model", "run/model.keras", "photo.png", "--out", "pred"], tmp_path,
+                           KERAS_BACKEND="jax"), "predict on JAX")
+    assert pred["pictures"] == [os.path.join("pred", "photo_pred.png")]
