@@ -17,9 +17,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from solo_tf.data.sources import RecordSource, load_source, open_sources, shapes_source  # noqa: F401 (re-exported)
+from solo_tf.decoder import MASK_STRIDE as _MASK_STRIDE  # GT masks share the decoder's stride 4
 from solo_tf.preprocess import letterbox
-
-_MASK_STRIDE = 4
 
 
 class PipelineStats:

@@ -1,0 +1,335 @@
+"""Exported-model size and latency: where the end-to-end time goes (backbone, FPN + heads,
+decoder), per preset and quantisation, in LiteRT (2 threads), ONNX Runtime and SavedModel.
+
+Untrained weights (the graphs have static shapes: the decoder does the same work whatever
+the scores). Batch 1 on the preset's canvas, ``--repeats`` invokes after warm-up; each
+time is printed as ``wall / cpu`` ms: the fastest wall time, and the median CPU time of the
+process per invoke (all threads). The load average is printed first: on a loaded shared
+machine wall times stretch with the load, CPU times much less.
+
+    python benchmarks/bench_export.py                                   # the mobile presets
+    python benchmarks/bench_export.py --configs solov2_light_mnv3l_448 --quantize none int8
+    python benchmarks/bench_export.py --sweep                           # head / decoder design points
+    python benchmarks/bench_export.py --tiny                            # per variant: formats, parity
+
+Rows: ``backbone`` (normalisation + backbone alone, converted the same way), ``network``
+(+ FPN and heads: the raw-outputs export), ``full`` (+ the in-graph decoder with Matrix NMS:
+what ``solo-tf export`` writes). ``--sweep`` measures the design points the mobile preset was
+chosen from (fp32 full graph, LiteRT only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+THREADS = 2
+
+_NARROW = {"fpn_channels": 32, "head_channels": 32, "mask_feature_channels": 32, "mask_channels": 32,
+           "norm_groups": 8, "stacked_convs": 1}
+_THREE_LEVELS = {"num_grids": (24, 16, 12), "strides": (8, 16, 32), "scale_ranges": ((1, 64), (32, 192), (96, 2048))}
+
+# Design points for the SOLOv2 mobile head, measured by --sweep (overrides of
+# solov2_light_mnv3l_448: the paper's light head on MobileNetV3-Large at 448).
+SWEEP = {
+    "paper light (256 ch, 5 levels, E=128, nms_pre 500)": {},
+    "nms_pre 100, K 50": {"post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ FPN/head 64, E=64": {"model": {"fpn_channels": 64, "head_channels": 64, "mask_feature_channels": 64,
+                                      "mask_channels": 64, "norm_groups": 16},
+                            "post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ FPN/head 32, E=32": {"model": {"fpn_channels": 32, "head_channels": 32, "mask_feature_channels": 32,
+                                      "mask_channels": 32, "norm_groups": 8},
+                            "post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ 1 stacked conv": {"model": _NARROW, "post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ 3 levels (24, 16, 12)": {"model": {**_NARROW, **_THREE_LEVELS}, "post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ E=16, mask feature 16": {"model": {**_NARROW, **_THREE_LEVELS, "mask_feature_channels": 16,
+                                          "mask_channels": 16}, "post": {"nms_pre": 100, "max_per_img": 50}},
+    "+ nms_pre 50, K 30": {"model": {**_NARROW, **_THREE_LEVELS}, "post": {"nms_pre": 50, "max_per_img": 30}},
+    "E=16 + nms_pre 50, K 30": {"model": {**_NARROW, **_THREE_LEVELS, "mask_feature_channels": 16,
+                                          "mask_channels": 16}, "post": {"nms_pre": 50, "max_per_img": 30}},
+    "+ FPN 16": {"model": {**_NARROW, **_THREE_LEVELS, "fpn_channels": 16, "mask_feature_channels": 16,
+                           "mask_channels": 16}, "post": {"nms_pre": 50, "max_per_img": 30}},
+}
+
+
+class Timing:
+    """``wall``: the fastest call (ms); ``cpu``: the median CPU time of this process per call
+    (ms, all threads). On a shared, loaded machine wall times stretch with the load while
+    CPU time stays close to the work done; compare ``cpu`` between rows when the load
+    average printed first is above the core count."""
+
+    def __init__(self, wall, cpu):
+        self.wall, self.cpu = wall, cpu
+
+    def __format__(self, spec):
+        return format(f"{self.wall:.1f} / {self.cpu:.1f}", spec)
+
+
+def timed(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return Timing(min(walls) * 1000, sorted(cpus)[len(cpus) // 2] * 1000)
+
+
+def litert_ms(data: bytes, repeats):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data, num_threads=THREADS)
+    runner = interpreter.get_signature_runner()
+    (name, spec), = runner.get_input_details().items()
+    x = np.random.RandomState(0).randint(0, 255, spec["shape"]).astype(spec["dtype"])
+    return timed(lambda: runner(**{name: x}), repeats)
+
+
+def onnx_ms(path, repeats):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    x = np.random.RandomState(0).randint(0, 255, (1, *inp.shape[1:])).astype(np.uint8)
+    return timed(lambda: sess.run(None, {inp.name: x}), repeats)
+
+
+def saved_model_ms(path, canvas, repeats):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    x = tf.constant(np.random.RandomState(0).randint(0, 255, (1, *canvas, 3)).astype(np.uint8))
+    return timed(lambda: serve(images=x), repeats)
+
+
+def backbone_tflite(model, work):
+    """Normalisation + backbone of ``model`` alone, converted as the full graph is."""
+    import keras
+    import tensorflow as tf
+
+    from solo_tf.export import convert_tflite
+
+    h, w = model.model_config.image_size
+    backbone = model.get_layer("backbone")
+    normalize = model.get_layer("normalize")
+    archive = keras.export.ExportArchive()
+    archive.track(backbone)
+    archive.track(normalize)
+    archive.add_endpoint("serving_default", lambda x: backbone(normalize(tf.cast(x, tf.float32))),
+                         input_signature=[tf.TensorSpec((1, h, w, 3), tf.uint8, name="images")])
+    archive.write_out(str(work / "backbone"), verbose=False)
+    return convert_tflite(work / "backbone")
+
+
+def build(name, overrides=None):
+    from solo_tf.config import load_config
+    from solo_tf.model import SOLO
+
+    cfg = load_config(name)
+    overrides = overrides or {}
+    model_cfg = dataclasses.replace(cfg.model, **overrides.get("model", {}))
+    post = dataclasses.replace(cfg.postprocess, **overrides.get("post", {}))
+    model_cfg.validate()
+    # score_thr 0 keeps every candidate valid: the static graph costs the same either way,
+    # but it makes the ONNX / SavedModel timings include real Matrix NMS work too
+    post = dataclasses.replace(post, score_thr=0.0, update_thr=0.0)
+    return SOLO(model_cfg, postprocess_config=post), post
+
+
+def measure_config(name, quantizations, repeats, formats):
+    from solo_tf.export import ExportOptions, export_model, write_tflite
+
+    model, post = build(name)
+    h, w = model.model_config.image_size
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = backbone_tflite(model, work)
+        rows.append((name, "backbone", "fp32", len(data), litert_ms(data, repeats), None, None))
+        net = write_tflite(model, work / "network.tflite", ExportOptions(post, raw_outputs=True))
+        rows.append((name, "network", "fp32", net.size_bytes, litert_ms(net.path.read_bytes(), repeats), None, None))
+        calibration = np.random.RandomState(1).randint(0, 255, (8, h, w, 3)).astype(np.float32)
+        for q in quantizations:
+            full = write_tflite(model, work / f"full_{q}.tflite", ExportOptions(post), quantize=q,
+                                calibration=calibration if q == "int8" else None)
+            onnx = sm = None
+            if q == "none" and "onnx" in formats:
+                onnx = onnx_ms(export_model(model, "onnx", work / "m.onnx", postprocess=post).path, repeats)
+            if q == "none" and "saved_model" in formats:
+                sm = saved_model_ms(export_model(model, "saved_model", work / "sm", postprocess=post).path,
+                                    (h, w), repeats)
+            rows.append((name, "full", "fp32" if q == "none" else q, full.size_bytes,
+                         litert_ms(full.path.read_bytes(), repeats), onnx, sm))
+    return rows
+
+
+def print_rows(rows):
+    def fmt(v):
+        return "-" if v is None else f"{v}"
+
+    print(f"{'config':<32} {'graph':<9} {'quant':<7} {'MB':>6} {'LiteRT wall/cpu':>17} {'ORT wall/cpu':>15} "
+          f"{'SavedModel wall/cpu':>20}")
+    for name, graph, q, size, lite, onnx, sm in rows:
+        print(f"{name:<32} {graph:<9} {q:<7} {size / 1e6:>6.1f} {fmt(lite):>17} {fmt(onnx):>15} {fmt(sm):>20}",
+              flush=True)
+
+
+def sweep(base, repeats, points=None):
+    from solo_tf.export import ExportOptions, write_tflite
+
+    print(f"sweep over {base} (fp32, LiteRT {THREADS} threads)")
+    print(f"{'design point':<52} {'MB':>6} {'network wall/cpu':>17} {'full wall/cpu':>15}")
+    model, _ = build(base)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = backbone_tflite(model, Path(tmp))
+        print(f"{'backbone alone':<52} {len(data) / 1e6:>6.1f} {litert_ms(data, repeats):>17}", flush=True)
+    for i, (label, overrides) in enumerate(SWEEP.items()):
+        if points and i not in points:
+            continue
+        model, post = build(base, overrides)
+        with tempfile.TemporaryDirectory() as tmp:
+            net = write_tflite(model, Path(tmp) / "n.tflite", ExportOptions(post, raw_outputs=True))
+            full = write_tflite(model, Path(tmp) / "f.tflite", ExportOptions(post))
+            print(f"{label:<52} {full.size_bytes / 1e6:>6.1f} {litert_ms(net.path.read_bytes(), repeats):>17} "
+                  f"{litert_ms(full.path.read_bytes(), repeats):>15}", flush=True)
+
+
+def train_tiny(variant, steps=80):
+    """A tiny model (tiny backbone, 64x64 canvas, 6 classes) fitted for ``steps`` steps on 16
+    shapes images, so its detections are real (the export tests' model)."""
+    import keras
+
+    from solo_tf.config import DataConfig, ModelConfig, PostprocessConfig, ShapesSourceConfig
+    from solo_tf.data.pipeline import prepare, shapes_source
+    from solo_tf.model import SOLO
+
+    cfg = ModelConfig(variant=variant, backbone="tiny", num_classes=6, image_size=(64, 64), fpn_channels=32,
+                      num_grids=(12, 8, 6), strides=(8, 16, 32), scale_ranges=((1, 32), (16, 64), (32, 256)),
+                      head_channels=32, stacked_convs=2, mask_feature_channels=16, mask_channels=32, norm_groups=8)
+    data = DataConfig(max_instances=6, flip=False, shapes=ShapesSourceConfig(
+        num_train=16, image_size=(64, 64), max_objects=3, object_size=(0.3, 0.6)))
+    images, y = next(iter(prepare(shapes_source(data, "train", 6).records, cfg, data, batch_size=16, training=False)))
+    keras.utils.set_random_seed(0)
+    model = SOLO(cfg, postprocess_config=PostprocessConfig(nms_pre=100, max_per_img=20))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=35.0))
+    model.fit(images.numpy(), {k: v.numpy() for k, v in y.items()}, batch_size=8, epochs=steps // 2, verbose=0,
+              shuffle=False)
+    return model
+
+
+def tiny_variants(repeats):
+    """Per variant and quantisation: size, latency in the three runtimes, and parity with
+    Keras (fp32 formats) or agreement with fp32 (quantised), on 12 held-out shapes images."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from solo_tf.data.shapes import ShapesGenerator
+    from solo_tf.decoder import decode
+    from solo_tf.export import ExportOptions, compare_detections, export_model, mask_agreement, write_tflite
+    from solo_tf.preprocess import letterbox
+
+    gen = ShapesGenerator(image_size=(64, 64), max_objects=3, seed=0, min_size=0.3, max_size=0.6)
+    canvases = np.stack([np.round(np.asarray(letterbox(gen.sample(1000 + i)["image"], (64, 64))[0])).astype(np.uint8)
+                         for i in range(12)])
+    calibration = np.stack([gen.sample(i)["image"] for i in range(32)]).astype(np.float32)
+
+    def per_image(d, i):
+        return {k: np.asarray(v)[i] for k, v in d.items()}
+
+    def parity(ref, out):
+        rs = [compare_detections(per_image(ref, i), per_image(out, i), borderline=0.05) for i in range(len(canvases))]
+        return (f"{sum(r['matched'] for r in rs)} matched, {sum(r['unmatched'] for r in rs)} unmatched, "
+                f"max |d score| {max(r['max_score_diff'] for r in rs):.1e}, min IoU {min(r['min_mask_iou'] for r in rs):.3f}")
+
+    def run_lite(data):
+        runner = Interpreter(model_content=data, num_threads=THREADS).get_signature_runner()
+        outs = [runner(images=c[None]) for c in canvases]
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    print(f"{'variant':<15} {'format':<12} {'quant':<8} {'KB':>7} {'ms wall/cpu':>15}  parity / agreement")
+    for variant in ("solov2", "solo", "decoupled_solo"):
+        model = train_tiny(variant)
+        post = model.postprocess_config
+        raw = model(canvases.astype(np.float32), training=False)
+        ref = {k: np.asarray(v) for k, v in decode(raw, model.model_config, post, full_size_masks=False).items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            bb = backbone_tflite(model, work)
+            print(f"{variant:<15} {'tflite':<12} {'backbone':<8} {len(bb) / 1e3:>7.0f} {litert_ms(bb, repeats):>15}")
+            sm = export_model(model, "saved_model", work / "sm")
+            serve = tf.saved_model.load(str(sm.path)).signatures["serving_default"]
+            out = {k: v.numpy() for k, v in serve(images=tf.constant(canvases)).items()}
+            print(f"{variant:<15} {'saved_model':<12} {'fp32':<8} {sm.size_bytes / 1e3:>7.0f} "
+                  f"{saved_model_ms(sm.path, (64, 64), repeats):>15}  {parity(ref, out)}")
+            onnx = export_model(model, "onnx", work / "m.onnx")
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(onnx.path), providers=["CPUExecutionProvider"])
+            out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": canvases})))
+            print(f"{variant:<15} {'onnx':<12} {'fp32':<8} {onnx.size_bytes / 1e3:>7.0f} "
+                  f"{onnx_ms(onnx.path, repeats):>15}  {parity(ref, out)}")
+            fp32 = None
+            for q in ("none", "fp16", "dynamic", "int8"):
+                lite = write_tflite(model, work / f"{q}.tflite", ExportOptions(post), quantize=q,
+                                    calibration=np.stack([np.asarray(letterbox(c, (64, 64))[0]) for c in calibration])
+                                    if q == "int8" else None)
+                data = lite.path.read_bytes()
+                out = run_lite(data)
+                if q == "none":
+                    fp32, note = out, parity(ref, out)
+                else:
+                    a = mask_agreement([per_image(fp32, i) for i in range(len(canvases))],
+                                       [per_image(out, i) for i in range(len(canvases))])
+                    note = f"vs fp32: mean mask IoU {a['mean_iou']:.3f} over {a['count']}, recall@0.5 {a['recall']:.2f}"
+                print(f"{variant:<15} {'tflite':<12} {'fp32' if q == 'none' else q:<8} {len(data) / 1e3:>7.0f} "
+                      f"{litert_ms(data, repeats):>15}  {note}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="*", default=["solov2_mobile_mnv3l_448", "decoupled_solo_light_mnv3l_448"])
+    p.add_argument("--quantize", nargs="*", default=["none", "fp16", "dynamic", "int8"])
+    p.add_argument("--formats", nargs="*", default=["onnx", "saved_model"], help="also time these (fp32)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--sweep", action="store_true", help="time the mobile head's design points")
+    p.add_argument("--sweep-base", default="solov2_light_mnv3l_448")
+    p.add_argument("--sweep-points", type=int, nargs="*", help="only these design points (0-based)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the three variants as tiny trained models: sizes, latencies, parity per format")
+    args = p.parse_args()
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"cpus={os.cpu_count()} threads={THREADS} load1={load:.1f} tensorflow={tf.__version__}")
+    if args.sweep:
+        sweep(args.sweep_base, args.repeats, args.sweep_points)
+        return
+    if args.tiny:
+        tiny_variants(args.repeats)
+        return
+    rows = []
+    for name in args.configs:
+        rows += measure_config(name, args.quantize, args.repeats, args.formats)
+    print_rows(rows)
+
+
+if __name__ == "__main__":
+    main()
