@@ -120,10 +120,21 @@ class LossConfig:
     focal_gamma: float = 2.0
     focal_weight: float = 1.0
     dice_weight: float = 3.0
+    # Positive cells per image the Dice loss builds masks for (per level group: SOLOv2 all
+    # levels at once, SOLO level by level); null = the bound no image can exceed
+    # (9 cells x 2 levels x data.max_instances). The reference builds only the real
+    # positives; at 800x1344 each slot is a 200x336 mask (~0.27 MB in float32, more with
+    # its gradient), and 1800 slots per image are ~97% filler on COCO (~50 positives).
+    # An image with more positives keeps a fair subset (round robin over its objects) and
+    # the rest are counted in the training logs (`dice_overflow`).
+    max_positives: int | None = 256
 
     def validate(self) -> None:
         if not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+        if self.max_positives is not None and (isinstance(self.max_positives, bool)
+                                               or not isinstance(self.max_positives, int) or self.max_positives < 1):
+            raise ConfigError(f"loss.max_positives must be a positive integer or null, got {self.max_positives!r}")
         for key in ("focal_gamma", "focal_weight", "dice_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")

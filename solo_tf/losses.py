@@ -19,6 +19,7 @@ import keras
 from keras import layers, ops
 
 from solo_tf.config import LossConfig, ModelConfig, section_from_dict
+from solo_tf.distribute import replica_sum
 from solo_tf.targets import gather_mask_targets, grid_targets, positive_slots, resize_masks
 from solo_tf.variants import get_variant, multi_level_flatten
 
@@ -38,7 +39,8 @@ class SOLOLoss(layers.Layer):
     (B, N, 2), optionally ``grid_category_{l}`` / ``grid_owner_{l}`` (B, S, S)),
     ``y_pred`` the raw outputs dict. Returns ``(focal, dice)`` float32 scalars, already
     weighted and normalised: focal = w_f * sum / (num_pos + 1); dice = w_d * sum /
-    max(num_pos, 1); with no positives Dice is exactly 0.
+    max(num_pos, 1) over the positives with a Dice slot; with no positives Dice is exactly 0.
+    :meth:`terms` also returns the positives that had no slot (``loss.max_positives``).
     """
 
     def __init__(self, model_config, loss_config=None, **kwargs):
@@ -56,19 +58,34 @@ class SOLOLoss(layers.Layer):
         self.built = True  # no weights
 
     def call(self, y_true, y_pred):
+        terms = self.terms(y_true, y_pred)
+        return terms["focal"], terms["dice"]
+
+    def terms(self, y_true, y_pred):
+        """The loss terms and the Dice slots' overflow of a batch.
+
+        Returns:
+            dict of float32 scalars: ``focal`` and ``dice`` (weighted and normalised, as
+            :meth:`call` returns them) and ``overflow``, the positives of the batch that had
+            no Dice slot (``loss.max_positives``; 0 whenever they fit). Under a
+            tf.distribute strategy the normalisers count every replica's positives, so the
+            terms are this replica's share of the global batch's loss (they sum to it).
+        """
         cfg, loss_cfg = self.model_config, self.loss_config
         self.variant.check_outputs(y_pred, "SOLOLoss")
         grids = self.grid_targets(y_true)
         cate = multi_level_flatten([category for category, _ in grids])  # (B, G) class or -1
         logits = multi_level_flatten([y_pred[f"category_{l}"] for l in range(len(grids))])  # (B, G, C)
         onehot = ops.one_hot(ops.maximum(cate, 0), cfg.num_classes) * ops.cast(cate >= 0, "float32")[..., None]
-        num_pos = ops.sum(ops.cast(cate >= 0, "float32"))
+        # normalisers over the global batch: all replicas' positives (solo_tf.distribute)
+        num_pos = replica_sum(ops.sum(ops.cast(cate >= 0, "float32")))
         focal_sum = sigmoid_focal_loss(logits, onehot, alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma)
         focal = loss_cfg.focal_weight * focal_sum / (num_pos + 1.0)
 
-        dice_sum, dice_count = self.dice_terms(y_true, y_pred, grids)
-        dice = loss_cfg.dice_weight * dice_sum / ops.maximum(dice_count, 1.0)
-        return focal, dice
+        dice_sum, dice_count, overflow = self.dice_terms(y_true, y_pred, grids)
+        # the reference divides by num_pos; with capped slots that is the count with a slot
+        dice = loss_cfg.dice_weight * dice_sum / ops.maximum(replica_sum(dice_count), 1.0)
+        return {"focal": focal, "dice": dice, "overflow": overflow}
 
     def grid_targets(self, y_true):
         """Per-level (category, owner) grids, each (B, S, S) int32: from the pipeline if it
@@ -79,20 +96,22 @@ class SOLOLoss(layers.Layer):
         """Unnormalised Dice sum over the positive cells of the batch, and their count.
 
         Positives are gathered per group of :meth:`~solo_tf.variants.Variant.loss_level_groups`
-        (SOLO: level by level at the level's mask stride; SOLOv2: all levels at once), at
-        most :meth:`~solo_tf.variants.Variant.max_positive_slots` per image, and their masks
-        built by the variant at that group's mask resolution.
+        (SOLO: level by level at the level's mask stride; SOLOv2: all levels at once), into
+        :meth:`dice_slots` slots per image, and their masks built by the variant at that
+        group's mask resolution. An image with more positives than slots keeps a fair subset
+        (:func:`solo_tf.targets.positive_slots`) and counts the rest as overflow.
 
         Returns:
-            (sum, count) float32 scalars.
+            (sum, count, overflow) float32 scalars: the Dice sum and the number of positives
+            it covers, and the positives left without a slot.
         """
         variant = self.variant
         max_instances = y_true["masks"].shape[1]
-        total, count = 0.0, 0.0
+        total, count, overflow = 0.0, 0.0, 0.0
         resized = {}  # groups sharing a mask size (SOLO levels of one stride) share targets
         for levels in variant.loss_level_groups():
             owner = multi_level_flatten([grids[l][1] for l in levels])  # (B, G_group) slot or -1
-            cells, owners, pos = positive_slots(owner, variant.max_positive_slots(max_instances, levels))
+            cells, owners, pos, dropped = positive_slots(owner, self.dice_slots(max_instances, levels), max_instances)
             probs = variant.masks_for_cells(y_pred, cells, levels)  # (B, M, h, w)
             m, hm, wm = probs.shape[1], probs.shape[2], probs.shape[3]
             if (hm, wm) not in resized:
@@ -102,7 +121,16 @@ class SOLOLoss(layers.Layer):
                 ops.reshape(probs, (-1, m, hm * wm)), ops.reshape(targets, (-1, m, hm * wm)), pos
             )
             count = count + ops.sum(pos)
-        return total, count
+            overflow = overflow + ops.sum(dropped)
+        return total, count, overflow
+
+    def dice_slots(self, max_instances, levels):
+        """Positive slots per image for the Dice loss over ``levels``: ``loss.max_positives``,
+        at most the bound no image can exceed
+        (:meth:`~solo_tf.variants.Variant.max_positive_slots`)."""
+        bound = self.variant.max_positive_slots(max_instances, levels)
+        cap = self.loss_config.max_positives
+        return bound if cap is None else min(bound, int(cap))
 
     def get_config(self):
         config = super().get_config()

@@ -24,6 +24,7 @@ from solo_tf.config import (
     migrate,
     section_from_dict,
 )
+from solo_tf.distribute import is_multi_worker, num_replicas
 from solo_tf.fpn import FeaturePyramid
 from solo_tf.losses import SOLOLoss
 from solo_tf.targets import grid_targets
@@ -101,6 +102,8 @@ class SOLO(keras.Model):
         self.solo_loss = SOLOLoss(cfg, loss_cfg, name="solo_loss")
         self.focal_loss_tracker = keras.metrics.Mean(name="focal_loss")
         self.dice_loss_tracker = keras.metrics.Mean(name="dice_loss")
+        # positives without a Dice slot (loss.max_positives), summed over the epoch
+        self.dice_overflow_tracker = keras.metrics.Sum(name="dice_overflow")
 
     # ------------------------------------------------------------------------------------
     def get_config(self):
@@ -138,13 +141,38 @@ class SOLO(keras.Model):
 
     # ------------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        focal, dice = self.solo_loss(y, y_pred)
-        self.focal_loss_tracker.update_state(focal)
-        self.dice_loss_tracker.update_state(dice)
+        terms = self.solo_loss.terms(y, y_pred)
+        focal, dice = terms["focal"], terms["dice"]
+        # under tf.distribute each replica holds its share of the global loss and the
+        # trackers' sums are read across replicas: scale the shares so the mean is the whole
+        replicas = float(num_replicas())
+        self.focal_loss_tracker.update_state(focal * replicas)
+        self.dice_loss_tracker.update_state(dice * replicas)
+        self.dice_overflow_tracker.update_state(terms["overflow"])
         total = focal + dice
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
         return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logs = super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if is_multi_worker():
+            # Keras 3.15 reduces each step's logs across workers with reduce("MEAN", axis=0),
+            # which fails for scalars under MultiWorkerMirroredStrategy: give it (1,) values
+            # (the mean over axis 0 is the same number)
+            logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer, under a tf.distribute strategy, reduces the first batch
+        # across replicas to build what is still unbuilt. Under MultiWorkerMirroredStrategy
+        # with one device per worker that reduce fails (Keras 3.15 / TF 2.21: "Attempt to
+        # convert a value (PerReplica...)"). The graph is built at construction and
+        # solo_tf.tasks.train builds the optimizer inside the strategy's scope, so when
+        # both are built there is nothing to build and the reduce is skipped.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def grid_targets(self, y):
         """Per-level (category, owner) grids of ground truth ``y``, each (B, S, S) int32

@@ -127,33 +127,74 @@ def resize_masks(masks, size):
     return ops.cast(x >= 0.5, "float32")
 
 
-def positive_slots(owner, max_positives):
-    """Indices of the positive cells, in ascending cell order, padded to a static count.
+def positive_slots(owner, max_positives, num_owners=None):
+    """Indices of the positive cells, padded (or capped) to a static count M.
 
     Args:
         owner: (B, S, S) int grid of one level, or (B, K) cells of several levels
             concatenated; -1 where the cell is negative.
         max_positives: M, static number of slots to return (clipped to the cell count).
+        num_owners: N, the number of ground-truth slots (owner values are < N). Needed only
+            when M is below the cell count, so that positives can overflow the slots.
 
     Returns:
-        ``(cells, owners, is_pos)``: (B, M) int32 flat cell index (k = i*S + j within a level
-        grid), (B, M) int32 owning slot (0 where not positive), (B, M) float32 1 for a real
-        positive, 0 for filler.
+        ``(cells, owners, is_pos, overflow)``: (B, M) int32 flat cell index (k = i*S + j
+        within a level grid), (B, M) int32 owning slot (0 where not positive), (B, M)
+        float32 1 for a real positive, 0 for filler, and (B,) float32 the image's positives
+        that found no slot (0 whenever they fit).
+
+    When an image has more positives than slots, the kept subset is fair to its objects:
+    round robin, every object's first cell, then every object's second, and so on, so an
+    object with few cells (a small one, or one on a single level) loses none before a large
+    one has lost all but as many. Within an object the cells are taken in a fixed spread
+    order over its region and levels (k * 0.618 G mod G), not top-left first. When the
+    positives fit, every one of them has a slot: the loss is exactly the uncapped one.
     """
     cells_total = 1
     for d in owner.shape[1:]:
         cells_total *= int(d)
     flat = ops.reshape(ops.cast(owner, "int32"), (-1, cells_total))
     is_pos = flat >= 0
-    # rank positives first, in ascending k: score = cells_total - k for positives, -k - 1 otherwise
-    k = ops.arange(cells_total, dtype="float32")
-    score = ops.where(is_pos, float(cells_total) - k, -k - 1.0)
+    num_pos = ops.sum(ops.cast(is_pos, "float32"), axis=1)
     m = min(int(max_positives), cells_total)
-    _, cells = ops.top_k(score, k=m, sorted=True)
+    k = ops.arange(cells_total, dtype="int32")
+    if m == cells_total or num_owners is None:
+        # every positive fits: positives first, in ascending k
+        kf = ops.cast(k, "float32")
+        score = ops.where(is_pos, float(cells_total) - kf, -kf - 1.0)
+        _, cells = ops.top_k(score, k=m, sorted=True)
+    else:
+        n = int(num_owners)
+        # group the positives by owner, each group in a spread order of its cells
+        spread = (k * _coprime_stride(cells_total)) % cells_total
+        key = ops.where(is_pos, flat * cells_total + spread, n * cells_total + k)
+        order = ops.cast(ops.argsort(key, axis=1), "int32")  # (B, G)
+        sorted_owner = ops.take_along_axis(flat, order, axis=1)
+        # rank of each positive within its owner's group: position - the group's first position
+        counts = ops.sum(ops.one_hot(ops.maximum(flat, 0), n) * ops.cast(is_pos, "float32")[..., None], axis=1)
+        first = ops.cumsum(counts, axis=1) - counts  # (B, N)
+        rank = ops.cast(k, "float32")[None] - ops.take_along_axis(first, ops.maximum(sorted_owner, 0), axis=1)
+        # round robin: all rank-0 cells (by owner), then all rank-1 cells, ...; negatives last
+        score = ops.where(sorted_owner >= 0, -(rank * float(n) + ops.cast(sorted_owner, "float32")),
+                          -float(n * cells_total + 1) - ops.cast(k, "float32")[None])
+        _, picked = ops.top_k(score, k=m, sorted=True)
+        cells = ops.take_along_axis(order, ops.cast(picked, "int32"), axis=1)
     cells = ops.cast(cells, "int32")
     owners = ops.take_along_axis(flat, cells, axis=1)
     pos = ops.cast(owners >= 0, "float32")
-    return cells, ops.maximum(owners, 0), pos
+    overflow = num_pos - ops.sum(pos, axis=1)
+    return cells, ops.maximum(owners, 0), pos, overflow
+
+
+def _coprime_stride(n):
+    """A stride near 0.618 n with gcd(stride, n) = 1: k -> k * stride mod n visits every
+    cell once, spread out (golden-ratio hashing)."""
+    import math
+
+    stride = max(1, int(round(0.6180339887 * n)))
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
 
 
 def gather_mask_targets(level_masks, owners):

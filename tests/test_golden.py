@@ -70,7 +70,7 @@ def test_targets_golden(path):
         size = (h // mask_stride, w // mask_stride)
         assert expected.shape[1:] == size
         level_masks = resize_masks(full, size)
-        cells, owners, is_pos = positive_slots(owner, s * s)
+        cells, owners, is_pos, _ = positive_slots(owner, s * s)
         got = ops.convert_to_numpy(gather_mask_targets(level_masks, owners))[0]
         num_pos = int(ops.convert_to_numpy(is_pos).sum())
         assert num_pos == expected.shape[0] == int((d[f"owner_{lvl}"] >= 0).sum())

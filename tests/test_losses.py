@@ -149,8 +149,73 @@ def test_every_positive_gets_a_dice_term_at_the_slot_budget(variant, models):
     grids = loss.grid_targets(y)
     positives = [int((ops.convert_to_numpy(o) >= 0).sum()) for _, o in grids]
     assert positives == [18, 18, 0]
-    _, count = loss.dice_terms(y, models[variant](images(1)), grids)
+    _, count, overflow = loss.dice_terms(y, models[variant](images(1)), grids)
+    assert float(overflow) == 0
     assert float(count) == 36
+
+
+# --- the cap on the Dice loss's positive slots (loss.max_positives) ------------------------------
+def _crowded_batch():
+    """Two images: one with 5 objects of mixed sizes (many positives), one with 1."""
+    return rectangles_batch([
+        [(0, 0, 0, 28, 28), (1, 36, 36, 64, 64), (2, 4, 40, 14, 50), (0, 40, 4, 50, 14), (1, 20, 20, 44, 44)],
+        [(2, 10, 10, 40, 40)],
+    ], slots=6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_capped_dice_equals_the_uncapped_loss_while_positives_fit(variant, models):
+    cfg = tiny_model_config(variant, pos_scale=1.0)
+    y = _crowded_batch()
+    out = models[variant](images(2))
+    full = SOLOLoss(cfg, LossConfig(max_positives=None))
+    grids = full.grid_targets(y)
+    per_group = [sum(int((ops.convert_to_numpy(grids[l][1])[b] >= 0).sum()) for l in levels)
+                 for b in range(2) for levels in full.variant.loss_level_groups()]
+    most = max(per_group)
+    assert most < full.dice_slots(6, full.variant.loss_level_groups()[0]), "the batch must be below the bound"
+    capped = SOLOLoss(cfg, LossConfig(max_positives=most))
+    a, b = full.terms(y, out), capped.terms(y, out)
+    np.testing.assert_allclose([float(a["focal"]), float(a["dice"])], [float(b["focal"]), float(b["dice"])],
+                               rtol=1e-5)
+    assert float(a["overflow"]) == 0 and float(b["overflow"]) == 0
+    # one slot fewer than the busiest image needs: exactly one positive overflows there
+    tight = SOLOLoss(cfg, LossConfig(max_positives=most - 1)).terms(y, out)
+    assert float(tight["overflow"]) == sum(max(n - (most - 1), 0) for n in per_group) >= 1
+    assert np.isfinite(float(tight["dice"]))
+
+
+def test_an_overflowing_image_keeps_a_fair_subset_and_counts_the_rest():
+    """Slots go round robin over the objects: a one-cell object keeps its cell while a
+    nine-cell one gives up cells; the dropped ones are counted."""
+    from solo_tf.targets import positive_slots
+
+    owner = np.full((2, 40), -1, np.int32)
+    owner[0, 1:10] = 0  # object 0: 9 cells
+    owner[0, [20, 30]] = 1  # object 1: 2 cells
+    owner[0, 39] = 2  # object 2: 1 cell
+    owner[1, [0, 5]] = 3  # the second image fits
+    cells, owners, pos, overflow = (ops.convert_to_numpy(t) for t in positive_slots(owner, 6, 4))
+    kept = owners[0][pos[0] > 0]
+    assert sorted(np.bincount(kept, minlength=3).tolist()) == [1, 2, 3]
+    assert set(cells[0][owners[0] == 2]) == {39} and set(cells[0][owners[0] == 1]) == {20, 30}
+    assert (owner[0][cells[0]] == owners[0]).all(), "each kept cell is owned by the slot it reports"
+    assert overflow.tolist() == [6.0, 0.0]
+    assert sorted(cells[1][pos[1] > 0].tolist()) == [0, 5]
+
+
+def test_fit_logs_the_dice_overflow():
+    import keras
+
+    cfg = tiny_model_config("solov2", pos_scale=1.0)
+    y = {k: ops.convert_to_numpy(v) for k, v in _crowded_batch().items()}
+    model = SOLO(cfg, loss_config=LossConfig(max_positives=4))
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    history = model.fit(ops.convert_to_numpy(images(2)), y, batch_size=2, epochs=1, verbose=0)
+    assert history.history["dice_overflow"][0] > 0
+    roomy = SOLO(cfg)  # the default cap is above this batch's positives
+    roomy.compile(optimizer=keras.optimizers.SGD(1e-3))
+    assert roomy.fit(ops.convert_to_numpy(images(2)), y, batch_size=2, epochs=1, verbose=0).history["dice_overflow"] == [0.0]
 
 
 def test_loss_layer_config_round_trip():
@@ -173,3 +238,33 @@ def test_loss_is_computed_in_float32_under_mixed_precision():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert loss.compute_dtype == "float32"  # float16 inputs would round the Dice sums
+
+
+def test_capped_slots_are_the_same_on_jax(tmp_path):
+    """The fair selection (argsort, cumsum, top_k) picks the same cells on JAX."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from solo_tf.targets import positive_slots
+
+    rng = np.random.RandomState(3)
+    owner = np.where(rng.rand(3, 97) < 0.4, rng.randint(0, 7, (3, 97)), -1).astype(np.int32)
+    np.save(tmp_path / "owner.npy", owner)
+    tf_res = [ops.convert_to_numpy(t) for t in positive_slots(owner, 20, 7)]
+    code = (
+        "import sys, numpy as np\n"
+        "from keras import ops\n"
+        "from solo_tf.targets import positive_slots\n"
+        "owner = np.load(sys.argv[1] + '/owner.npy')\n"
+        "np.savez(sys.argv[1] + '/jax.npz', *[ops.convert_to_numpy(t) for t in positive_slots(owner, 20, 7)])\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=repo, capture_output=True, text=True,
+                         env=dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jax_res = np.load(tmp_path / "jax.npz")
+    assert float(tf_res[3].sum()) > 0, "the case should overflow"
+    for i, name in enumerate(["cells", "owners", "is_pos", "overflow"]):
+        np.testing.assert_array_equal(jax_res[f"arr_{i}"], tf_res[i], err_msg=name)
