@@ -91,10 +91,11 @@ def _cmd_train(args):
         cfg.train.batch_size = args.batch_size
     out = Path(args.out or f"runs/{cfg.name}")
     run = tasks.train(cfg, out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                      keep_checkpoints=args.keep_checkpoints, resume_from=args.resume)
+                      keep_checkpoints=args.keep_checkpoints, resume_from=args.resume, strategy=args.strategy)
     for log in run.bad_records:
         _log(f"solo-tf: {log.summary()}")
-    _print_json({"model": str(run.model_path), "final_loss": run.history["loss"][-1], "steps": run.steps})
+    losses = run.history.get("loss") or [None]  # a resumed run that was already complete trains no epoch
+    _print_json({"model": str(run.model_path), "final_loss": losses[-1], "steps": run.steps})
 
 
 def _add_export_arguments(p):
@@ -246,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-checkpoints", type=int, metavar="N",
                    help="keep only the newest N epoch checkpoints (they hold the optimizer state; default: all)")
     t.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue a run from its checkpoints/epoch_NNN.weights.h5 (weights + optimizer state)")
+                   help="continue a run from its checkpoints/epoch_NNN.weights.h5 (weights + optimizer state), "
+                        "or 'latest': the newest checkpoint in OUT/checkpoints if any (restart a killed run with "
+                        "the same command plus --resume latest)")
+    t.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
+                   help="data-parallel training: mirrored (this machine's devices) or multiworker (machines in "
+                        "TF_CONFIG); on JAX either means keras.distribution.DataParallel. train.batch_size is the "
+                        "global batch")
     t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("demo", parents=[common],

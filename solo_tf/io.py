@@ -150,6 +150,24 @@ def save_checkpoint(model, path) -> Path:
     return path
 
 
+def latest_checkpoint(folder):
+    """The newest checkpoint a run left in ``folder`` (its ``checkpoints/``): the highest
+    ``epoch_NNN.weights.h5``, else ``latest.weights.h5``; None when there is none. Only
+    whole files are there (:func:`save_checkpoint` writes atomically), so the newest one is
+    always readable, however the run was stopped."""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    numbered = [(int(m.group(1)), p) for p in folder.glob("epoch_*.weights.h5")
+                if (m := re.fullmatch(r"epoch_(\d+)\.weights\.h5", p.name))]
+    if numbered:
+        return max(numbered)[1]
+    latest = folder / "latest.weights.h5"
+    return latest if latest.is_file() else None
+
+
 def load_checkpoint(model, path) -> int:
     """Restore a :func:`save_checkpoint` file into ``model`` (compiled with the same kind of
     optimizer), optimizer state included. Returns the optimizer's iteration count."""

@@ -75,7 +75,8 @@ class PredictResult:
 
 # --- train -----------------------------------------------------------------------------------
 def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_steps=None, time_budget_s=None,
-          validation=True, keep_checkpoints=None, resume_from=None, verbose=None, log=None) -> TrainResult:
+          validation=True, keep_checkpoints=None, resume_from=None, strategy="none", callbacks=None,
+          verbose=None, log=None) -> TrainResult:
     """Train ``config`` with ``model.fit`` and write the run folder (see the module docstring).
 
     Args:
@@ -96,8 +97,17 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         keep_checkpoints: keep only the newest this many per-epoch checkpoints (each holds
             the optimizer state: 2-3x the weights); None keeps all.
         resume_from: a checkpoint (``checkpoints/epoch_NNN.weights.h5``) of a run of the
-            same config: weights and optimizer state are restored and training continues
-            at the epoch after it.
+            same config: weights and optimizer state (moments, iteration count, so the
+            schedule's position) are restored and training continues at the epoch after it;
+            ``"latest"``: the newest checkpoint in ``out_dir/checkpoints`` if there is one
+            (a run killed at any point continues from its last finished epoch and ends with
+            the planned number of steps), else a fresh start. The data stream starts a new
+            pass over the (seeded) shuffled data, as detectron2's resume does.
+        strategy: ``none`` | ``mirrored`` | ``multiworker`` (``TF_CONFIG``): data-parallel
+            training (:mod:`solo_tf.distribute`); ``train.batch_size`` is the global batch.
+            In a multi-worker run the chief writes ``out_dir``, worker i its own
+            ``out_dir/worker_<i>``.
+        callbacks: more Keras callbacks for ``fit``, after the run's own.
         verbose: Keras progress verbosity (default: a bar on a terminal, a line per epoch
             otherwise).
         log: a function taking one line of text (progress of budgeted runs); default stderr.
@@ -107,7 +117,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     """
     from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported
     from solo_tf.data.pipeline import build_datasets
-    from solo_tf.io import load_checkpoint, save_model
+    from solo_tf.io import latest_checkpoint, load_checkpoint, save_model
     from solo_tf.model import SOLO
     from solo_tf.training import (
         BudgetSchedule,
@@ -122,9 +132,18 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         set_precision,
     )
 
+    from solo_tf.distribute import is_chief, make_strategy, replicas_of, tf_config_task, training_scope
+
     log = log or _log
     cfg = copy.deepcopy(config)
     out_dir = Path(out_dir)
+    dist = make_strategy(strategy)
+    replicas = replicas_of(dist)
+    if cfg.train.batch_size % replicas:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} (the global batch) must be a multiple of the "
+                         f"{replicas} replicas of --strategy {strategy}")
+    if strategy == "multiworker" and not is_chief():
+        out_dir = out_dir / f"worker_{tf_config_task()[1]}"  # every worker saves (collectives); one keeps the run
     if epochs is not None:
         cfg.train.epochs = int(epochs)
     if steps_per_epoch is not None:
@@ -156,25 +175,36 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         cfg.train.epochs = math.ceil(total_steps / steps)
     if cfg.train.steps_per_epoch:
         train_ds = train_ds.repeat()
+    if strategy == "multiworker":
+        train_ds, val_ds = (_shard_by_data(d) for d in (train_ds, val_ds))
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out_dir / "config.yaml")
 
-    model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
     budget_schedule = time_budget_s is not None and total_steps is None
-    if total_steps is not None:
-        optimizer = make_steps_optimizer(cfg.train, total_steps)
-    elif budget_schedule:
-        optimizer = make_budget_optimizer(cfg.train)
-    else:
-        optimizer = make_optimizer(cfg.train, steps)
-    model.compile(optimizer=optimizer)
+    with training_scope(dist):
+        model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
+        if total_steps is not None:
+            optimizer = make_steps_optimizer(cfg.train, total_steps)
+        elif budget_schedule:
+            optimizer = make_budget_optimizer(cfg.train)
+        else:
+            optimizer = make_optimizer(cfg.train, steps)
+        model.compile(optimizer=optimizer)
+        model.optimizer.build(model.trainable_variables)  # its slots live where the strategy puts them
+    if replicas > 1:
+        log(f"[solo-tf] {strategy}: {replicas} replicas, {cfg.train.batch_size // replicas} images each per step")
     initial_epoch = 0
+    if resume_from == "latest":
+        resume_from = latest_checkpoint(out_dir / "checkpoints")
+        if resume_from is None:
+            log(f"[solo-tf] no checkpoint in {out_dir / 'checkpoints'} yet: starting the run")
     if resume_from is not None:
         done = load_checkpoint(model, resume_from)
         initial_epoch = done // steps
         log(f"[solo-tf] resumed from {resume_from}: {done} steps done, continuing at epoch {initial_epoch + 1}")
 
     ckpt_name = "latest.weights.h5" if budget_schedule else "epoch_{epoch:03d}.weights.h5"
+    extra_callbacks = list(callbacks or [])
     callbacks = [
         LearningRateLogger(),  # before the CSVLogger: it adds the ``lr`` column
         EpochCheckpoint(out_dir / "checkpoints" / ckpt_name, keep=keep_checkpoints),
@@ -197,6 +227,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         callbacks.append(timer)
     if own_report and total_steps is not None:
         callbacks.append(ProgressReport(total_steps))
+    callbacks += extra_callbacks
     history = model.fit(
         train_ds,
         epochs=cfg.train.epochs,
@@ -214,6 +245,18 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         stopped_by_budget=bool(timer is not None and timer.stopped_early),
         bad_records=[log for log in info.get("bad_records", []) if log.total],
     )
+
+
+def _shard_by_data(dataset):
+    """Multi-worker input: every worker runs the same seeded pipeline and keeps its share of
+    each batch (tf.data's DATA auto-shard; the sources are generators, not files)."""
+    if dataset is None:
+        return None
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _fill_labels(cfg, info):
@@ -385,7 +428,7 @@ def predict(model, image_paths, out_dir, *, postprocess=None, score_thr=None) ->
 
 # --- demo -----------------------------------------------------------------------------------
 def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_val=None, verbose=None,
-         log=None) -> dict:
+         log=None, callbacks=None) -> dict:
     """The first ten minutes: train ``shapes_demo`` on generated shapes, evaluate mask AP on
     held-out images, draw pictures, summarise.
 
@@ -403,6 +446,7 @@ def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_v
         num_train, num_val: override the generated set sizes.
         verbose: Keras / progress verbosity (0 silences the per-epoch lines).
         log: a function taking one line of text; default stderr.
+        callbacks: more Keras callbacks for the training (:func:`train`).
 
     Returns:
         JSON-ready summary: ``mask_ap``, ``mask_ap50``, ``steps``, ``train_seconds``,
@@ -425,14 +469,14 @@ def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_v
         cap = "" if budget is None else f", at most {float(minutes):g} min"
         log(f"solo-tf demo: training {what} for {int(steps)} steps{cap} -> {out_dir}")
         run = train(cfg, out_dir, total_steps=int(steps), time_budget_s=budget, validation=False, keep_checkpoints=1,
-                    verbose=verbose, log=log)
+                    callbacks=callbacks, verbose=verbose, log=log)
     else:
         # the budget covers everything: keep ~15% (at least 20 s) for evaluation and pictures
         total_s = float(minutes) * 60.0
         train_s = max(total_s - max(0.15 * total_s, 20.0), 5.0)
         cfg.train.epochs = 100000  # the time budget ends training
         log(f"solo-tf demo: training {what} for ~{train_s / 60:.1f} min -> {out_dir}")
-        run = train(cfg, out_dir, time_budget_s=train_s, verbose=verbose, log=log)
+        run = train(cfg, out_dir, time_budget_s=train_s, callbacks=callbacks, verbose=verbose, log=log)
     train_seconds = time.monotonic() - t0
     cfg, model = run.config, run.model
 
@@ -498,7 +542,7 @@ def target_grid_levels(model, y) -> list:
     for lvl, ((category, owner), stride) in enumerate(zip(model.grid_targets(y), model.variant.mask_strides)):
         size = (mc.image_size[0] // stride, mc.image_size[1] // stride)
         s = mc.num_grids[lvl]
-        _, owners, pos = positive_slots(owner, s * s)
+        _, owners, pos, _ = positive_slots(owner, s * s)
         targets = ops.convert_to_numpy(gather_mask_targets(resize_masks(y["masks"], size), owners))[0]
         n = int(ops.convert_to_numpy(pos).sum())
         levels.append({"category": ops.convert_to_numpy(category)[0], "owner": ops.convert_to_numpy(owner)[0],

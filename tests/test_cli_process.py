@@ -1,4 +1,4 @@
-"""`solo-tf` as a user runs it: train, then evaluate and predict in NEW processes (the model
+"""`solo-tf` as a user runs it: train, then evaluate, predict and export in NEW processes (the model
 file must load without the training code's classes), for the reference SGD schedule and
 for AdamW; and a quiet start: no TensorFlow / absl C++ log line on any command's stderr."""
 
@@ -73,6 +73,12 @@ def test_train_then_evaluate_then_predict_in_new_processes(tmp_path, optimizer):
     assert len(results) == pred["detections"]
     assert all(r["segmentation"]["size"] == [48, 80] for r in results)
 
+    if optimizer == "sgd":  # one conversion is enough here; tests/test_export.py covers the formats
+        exported = _check(_solo_tf(["export", "--model", "run/model.keras", "--format", "tflite",
+                                    "--out", "run/model.tflite"], tmp_path), "export")
+        assert exported["path"] == os.path.join("run", "model.tflite") and exported["size_bytes"] > 0
+        assert (tmp_path / "run" / "model.tflite.json").is_file()
+
 
 def test_errors_are_one_quiet_line(tmp_path):
     proc = _solo_tf(["evaluate", "--model", "missing.keras"], tmp_path)
@@ -93,3 +99,47 @@ def test_a_model_trained_on_tensorflow_predicts_in_a_jax_process(tmp_path):
     pred = _check(_solo_tf(["predict", "--model", "run/model.keras", "photo.png", "--out", "pred"], tmp_path,
                            KERAS_BACKEND="jax"), "predict on JAX")
     assert pred["pictures"] == [os.path.join("pred", "photo_pred.png")]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_at_the_planned_steps(tmp_path):
+    """SIGKILL mid-run, then the same command with --resume latest: the optimizer's state
+    (iteration count, so the schedule's position) comes back and the run ends at the planned
+    step count, its history continuing where the checkpoint left it."""
+    import csv
+    import signal
+    import time
+
+    from solo_tf.io import latest_checkpoint
+
+    _write_run_inputs(tmp_path, "sgd")
+    epochs = 12  # one step each, a checkpoint each: killed at the third, well before the end
+    args = ["train", "--config", "config.yaml", "--out", "run", "--epochs", str(epochs), "--steps-per-epoch", "1",
+            "--keep-checkpoints", "2"]
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.Popen([sys.executable, "-m", "solo_tf.cli", *args], cwd=tmp_path, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpts = tmp_path / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            latest = latest_checkpoint(ckpts)
+            if latest is not None and latest.name >= "epoch_003.weights.h5":
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    assert not (tmp_path / "run" / "model.keras").exists(), "the run finished before it was killed"
+    killed_at = latest_checkpoint(ckpts)
+    done = int(killed_at.name[len("epoch_"):-len(".weights.h5")])
+    assert 3 <= done < epochs
+
+    resumed = _solo_tf(args + ["--resume", "latest"], tmp_path)
+    summary = _check(resumed, "resumed train")
+    assert summary["steps"] == epochs
+    assert "resumed from" in resumed.stderr
+    with open(tmp_path / "run" / "history.csv") as f:
+        rows = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert rows[-1] == epochs - 1 and rows == sorted(set(rows)), rows[:5] + rows[-5:]
+    assert set(range(done, epochs)) <= set(rows)
