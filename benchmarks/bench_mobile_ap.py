@@ -1,0 +1,77 @@
+"""Mask AP of the mobile presets next to the paper's light preset, trained the same way.
+
+Each preset's architecture and post-processing (backbone, pyramid, heads, grids, nms_pre, K)
+is trained on the demo's generated shapes at ``--size`` for ``--steps`` steps with the
+demo's recipe (shapes_demo's data and train sections: AdamW 3e-3, batch 16, the reference
+schedule shaped to the steps) and scored on the demo's held-out images. Backbones start
+from random weights (no download here), so the absolute AP is below a pretrained run's;
+the comparison between heads is what this measures. Latency: benchmarks/bench_export.py.
+
+    python benchmarks/bench_mobile_ap.py                                   # 3 presets, 224 px, 600 steps
+    python benchmarks/bench_mobile_ap.py --presets solov2_mobile_mnv3l_448 --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_PRESETS = ["solov2_light_mnv3l_448", "solov2_mobile_mnv3l_448", "decoupled_solo_light_mnv3l_448"]
+
+
+def preset_on_shapes(name, size, num_val):
+    """``name``'s model and post-processing with the demo's data, labels and recipe."""
+    from solo_tf.config import load_config
+
+    demo = load_config("shapes_demo")
+    preset = load_config(name)
+    cfg = copy.deepcopy(demo)
+    cfg.name = f"{name}_on_shapes_{size}"
+    cfg.model = copy.deepcopy(preset.model)
+    cfg.model.num_classes = demo.model.num_classes
+    cfg.model.image_size = (size, size)
+    cfg.postprocess = copy.deepcopy(preset.postprocess)
+    cfg.data.shapes.image_size = (size, size)
+    cfg.data.shapes.num_val = num_val
+    cfg.validate()
+    return cfg
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS)
+    p.add_argument("--size", type=int, default=224, help="square canvas (multiple of 32)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--num-val", type=int, default=100)
+    args = p.parse_args()
+
+    import keras
+
+    from solo_tf.tasks import evaluate, train
+
+    print(f"shapes at {args.size}x{args.size}, {args.steps} steps of 16, held-out {args.num_val}; "
+          f"cpus={os.cpu_count()} keras={keras.__version__}")
+    print(f"{'preset':<32} {'params':>9} {'AP':>6} {'AP50':>6} {'train s':>8} {'s/step':>7}")
+    for name in args.presets:
+        cfg = preset_on_shapes(name, args.size, args.num_val)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.monotonic()
+            run = train(cfg, Path(tmp) / "run", total_steps=args.steps, validation=False, keep_checkpoints=1,
+                        verbose=0, log=lambda _: None)
+            seconds = time.monotonic() - t0
+            metrics = evaluate(run.model, run.config)
+        params = run.model.count_params()
+        print(f"{name:<32} {params:>9} {metrics['AP']:>6.3f} {metrics['AP50']:>6.3f} {seconds:>8.0f} "
+              f"{seconds / args.steps:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
