@@ -59,6 +59,9 @@ def child(args):
         cfg.model.image_size = tuple(args.image_size)
     setting = args.slots[0]
     cfg.loss.max_positives = None if setting == "none" else int(setting)
+    cfg.model.num_classes = 6  # the generated shapes' classes (the COCO presets have 80)
+    cfg.labels.class_names = cfg.labels.category_ids = None
+    cfg.data.source = "shapes"
     cfg.data.shapes = ShapesSourceConfig(num_train=args.batch * 2, image_size=tuple(cfg.model.image_size),
                                          max_objects=8)
     src = shapes_source(cfg.data, "train", cfg.model.num_classes)

@@ -637,7 +637,16 @@ def test_quantised_tflite_agrees_with_fp32(trained, tflite_export, tmp_path):
     for quantize, minimum in QUANT_MIN_IOU.items():
         result = export_model(model, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize,
                               calibration=32, config=config)
-        assert result.size_bytes < tflite_export.size_bytes
+        if quantize == "int8":
+            # int8 quantizes the backbone (most of a real model's weights) and keeps the
+            # pyramid, heads and decoder in float: on this tiny model the file does not shrink
+            # (benchmarks/bench_export.py: 0.30x on the mobile preset), so check the kernels
+            from ai_edge_litert.interpreter import Interpreter
+
+            details = Interpreter(model_path=str(result.path)).get_tensor_details()
+            assert sum(d["dtype"] == np.int8 for d in details) >= 8, "no int8 tensors in the int8 export"
+        else:
+            assert result.size_bytes < tflite_export.size_bytes
         out = run_tflite(result.path, canvases)
         agree = mask_agreement([per_image(fp32, i) for i in range(len(canvases))],
                                [per_image(out, i) for i in range(len(canvases))])
