@@ -7,6 +7,9 @@ For each source it times three stages, each after warm-up batches that are not c
   masks, batching) - the batches ``model.fit`` gets with ``train.targets_in: model``;
 * ``+targets``: + ``add_grid_targets`` - targets-ready batches (``targets_in: pipeline``).
 
+``--previous`` also times the previous ``prepare`` (every mask resized to the full canvas;
+``tests/prepare_reference.py``) in the same run, for a before/after ratio.
+
 Without data arguments it writes synthetic data in a temporary folder in each format:
 COCO-like 480x640 JPEGs with polygon objects, and the CIS680 layout (300x400, zlib-
 compressed h5 as the homework files). Model geometry comes from presets (``solov2_r50``
@@ -36,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from solo_tf.config import load_config  # noqa: E402
 from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported  # noqa: E402
+from solo_tf.data import pipeline  # noqa: E402
 from solo_tf.data.pipeline import prepare  # noqa: E402
 from solo_tf.data.sources import cis680_source, coco_source  # noqa: E402
 
@@ -113,20 +117,37 @@ def rate(ds, warmup, count, per_item):
     return n / (time.perf_counter() - t)
 
 
-def bench(name, src_fn, config, batch, warmup, batches):
+def bench(name, src_fn, config, batch, warmup, batches, previous=False):
     src = src_fn("train")
     m, d = config.model, config.data
     print(f"{name}: {src.num_records} images, model.image_size={tuple(m.image_size)}, "
           f"multiscale={d.multiscale}, max_instances={d.max_instances}, batch={batch}", flush=True)
     records = src.records.repeat()
     rows = [("source", rate(records, warmup * batch, batches * batch, lambda r: 1))]
-    prepared = prepare(records, m, d, batch, training=True)
-    rows.append(("prepare", rate(prepared, warmup, batches, lambda b: int(b[0].shape[0]))))
-    if grid_targets_supported():
-        ready = add_grid_targets(prepare(records, m, d, batch, training=True), m)
-        rows.append(("+targets", rate(ready, warmup, batches, lambda b: int(b[0].shape[0]))))
+    versions = [("", pipeline._prepare_one)]
+    if previous:
+        versions.insert(0, (" (previous)", _previous_prepare_one()))
+    for suffix, prepare_one in versions:
+        pipeline._prepare_one = prepare_one
+        try:
+            prepared = prepare(records, m, d, batch, training=True)
+            rows.append(("prepare" + suffix, rate(prepared, warmup, batches, lambda b: int(b[0].shape[0]))))
+            if grid_targets_supported():
+                ready = add_grid_targets(prepare(records, m, d, batch, training=True), m)
+                rows.append(("+targets" + suffix, rate(ready, warmup, batches, lambda b: int(b[0].shape[0]))))
+        finally:
+            pipeline._prepare_one = versions[-1][1]
     for stage, ips in rows:
-        print(f"  {stage:<9} {ips:8.1f} images/s", flush=True)
+        print(f"  {stage:<20} {ips:8.1f} images/s", flush=True)
+
+
+def _previous_prepare_one():
+    """The previous per-record code (every mask resized to the full canvas), kept in
+    ``tests/prepare_reference.py`` as the reference the stride-4 one is tested against."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from prepare_reference import prepare_one_reference
+
+    return prepare_one_reference
 
 
 def main():
@@ -136,6 +157,8 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--batches", type=int, default=6, help="batches timed per stage")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--previous", action="store_true",
+                   help="also time the previous full-resolution prepare (tests/prepare_reference.py), same run")
     p.add_argument("--coco-annotations")
     p.add_argument("--coco-images")
     p.add_argument("--cis680-dir", help="folder with the four homework files (hw3_mycocodata_*)")
@@ -153,7 +176,7 @@ def main():
                 cfg.data.coco, train_annotations=str(ann), train_images=str(imgs)))
             cfg = dataclasses.replace(cfg, data=data)
             bench("coco", lambda s: coco_source(data, s, cfg.model.num_classes), cfg, args.batch, args.warmup,
-                  args.batches)
+                  args.batches, args.previous)
         if "cis680" in args.sources:
             cfg = load_config("cis680_solo_r50")
             if args.cis680_dir:
@@ -170,7 +193,7 @@ def main():
             ))
             cfg = dataclasses.replace(cfg, data=data)
             bench("cis680", lambda s: cis680_source(data, s, cfg.model.num_classes), cfg, args.batch, args.warmup,
-                  args.batches)
+                  args.batches, args.previous)
 
 
 if __name__ == "__main__":

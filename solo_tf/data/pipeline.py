@@ -4,9 +4,9 @@ Sources (:mod:`solo_tf.data.sources`) yield unbatched records (``image`` (h, w, 
 ``masks`` (n, h, w) uint8, ``classes`` (n,) int32, ``image_id`` int64). :func:`prepare`
 letterboxes each record onto ``model.image_size`` with :func:`solo_tf.preprocess.letterbox`
 (the resize inference and the exported graphs use too), optionally augments (multi-scale,
-horizontal flip), computes boxes and centres of mass from the full-resolution masks,
-downsamples the masks to stride 4, pads the ground truth to ``data.max_instances``
-(class -1) and batches. Per image, all tf ops: no Python per object. Objects lost on the
+horizontal flip), builds the stride-4 mask targets, boxes and centres of mass straight from
+the source-resolution masks (never a canvas-size mask: see :func:`_prepare_one`), pads the
+ground truth to ``data.max_instances`` (class -1) and batches. Per image, all tf ops: no Python per object. Objects lost on the
 way (empty after resizing, or beyond ``max_instances``) are counted in a
 :class:`PipelineStats` and, with ``with_meta``, per image. It runs whatever the Keras
 backend is (the letterbox runs on Keras' TensorFlow backend inside ``tf.data``).
@@ -107,8 +107,11 @@ def prepare(
       in input pixels (x2, y2 exclusive; tight box of the resized mask); ``y["masks"]``
       (B, N, H/4, W/4) uint8 0/1 (4x4 area average >= 0.5; an object too thin for that keeps
       its densest cells); ``y["centers"]`` (B, N, 2) float32 (x, y) centre of mass of the
-      resized full-resolution mask, in pixel-index units (pixel (r, c) sits at x=c, y=r, as
-      ``scipy.ndimage.center_of_mass``). Real objects come first, in source order.
+      resized mask, in pixel-index units (pixel (r, c) sits at x=c, y=r, as
+      ``scipy.ndimage.center_of_mass``). Real objects come first, in source order. The
+      resized mask is the one the image's resize gives: canvas pixel (r, c) inside the
+      image takes source pixel (floor((r + 0.5) h / h'), floor((c + 0.5) w / w')), which is
+      the bilinear resize thresholded at 0.5 except for pixels on slanted edges.
     * ``meta``: ``image_id`` (B,) int64, ``orig_size`` (B, 2) int32 source (h, w),
       ``valid_size`` (B, 2) int32 (h, w) of the resized image inside the canvas, ``scale``
       (B,) float32 resize factor, ``dropped_empty`` / ``dropped_overflow`` (B,) int32.
@@ -178,7 +181,10 @@ def _validate(record, num_classes):
 
 
 def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip):
-    """One record -> (image (H, W, 3) float32, y dict padded to N, meta dict)."""
+    """One record -> (image (H, W, 3) float32, y dict padded to N, meta dict).
+
+    The masks never reach the canvas's full resolution: their stride-4 targets, boxes and
+    centres come straight from the source-resolution masks (see :func:`prepare`)."""
     with tf.control_dependencies(_validate(record, num_classes)):
         image = tf.identity(record["image"])
         masks = tf.identity(record["masks"])
@@ -192,29 +198,39 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
         short = tf.random.stateless_uniform(
             [], seeds[0], minval=multiscale[0], maxval=multiscale[1] + 1, dtype=tf.int32
         )
-    # Image and masks letterboxed as one tensor: identical geometry, and never zero channels
-    # (tf.image.resize rejects those, which an image without objects would give).
-    stacked = tf.concat([tf.cast(image, tf.uint8), tf.cast(tf.transpose(masks, [1, 2, 0]), tf.uint8)], -1)
-    stacked, (nh, nw), scale = letterbox(stacked, (H, W), short_side=short, max_long_side=max_long)
     if flip:
+        # Mirroring the source equals mirroring the resized image's valid columns: the
+        # bilinear resize (half-pixel centres) is symmetric.
         do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        stacked = tf.cond(do_flip, lambda: _flip_valid(stacked, nw), lambda: stacked)
-    out_image = tf.ensure_shape(stacked[..., :3], (H, W, 3))
-    full = tf.cast(stacked[..., 3:] >= 0.5, tf.float32)  # (H, W, n)
+        image, masks = tf.cond(do_flip, lambda: (tf.reverse(image, [1]), tf.reverse(masks, [2])),
+                               lambda: (image, masks))
+    out_image, (nh, nw), scale = letterbox(image, (H, W), short_side=short, max_long_side=max_long)
+    out_image = tf.ensure_shape(out_image, (H, W, 3))
 
-    # Boxes and centres of mass from the full-resolution resized masks.
-    area = tf.reduce_sum(full, [0, 1])  # (n,)
-    rows = tf.cast(tf.reduce_max(full, 1) > 0, tf.int32)  # (H, n)
-    cols = tf.cast(tf.reduce_max(full, 0) > 0, tf.int32)  # (W, n)
-    y1 = tf.argmax(rows, 0, output_type=tf.int32)
-    y2 = H - tf.argmax(tf.reverse(rows, [0]), 0, output_type=tf.int32)
-    x1 = tf.argmax(cols, 0, output_type=tf.int32)
-    x2 = W - tf.argmax(tf.reverse(cols, [0]), 0, output_type=tf.int32)
-    boxes = tf.cast(tf.stack([x1, y1, x2, y2], -1), tf.float32)  # (n, 4)
+    # The masks never reach the canvas's full resolution. Thresholding the bilinear resize of
+    # a 0/1 mask at 0.5 keeps the canvas pixels whose centre falls inside the source's 1
+    # pixels: canvas pixel c (c < w') takes source pixel floor((c + 0.5) * w / w'), a
+    # nearest-neighbour resize with half-pixel centres, separable per axis. So the resized
+    # mask's area, first moments, box and 4x4 cell counts follow from the source masks and
+    # those two index maps without building it.
+    s = _MASK_STRIDE
+    iy, ny, sum_iy = _nearest_map(nh, h, H)
+    ix, nx, sum_ix = _nearest_map(nw, w, W)
+    m8 = tf.cast(masks, tf.uint8)
+    mf = tf.cast(m8, tf.float32)  # (n, h, w)
+    by_row = tf.einsum("nhw,wk->nhk", mf, tf.stack([nx, sum_ix], -1))  # canvas pixels, x-moment per source row
+    area = tf.reduce_sum(by_row[..., 0] * ny, 1)  # (n,) canvas pixels
     safe = tf.maximum(area, 1.0)
-    cx = tf.reduce_sum(full * tf.range(W, dtype=tf.float32)[None, :, None], [0, 1]) / safe
-    cy = tf.reduce_sum(full * tf.range(H, dtype=tf.float32)[:, None, None], [0, 1]) / safe
+    cx = tf.reduce_sum(by_row[..., 1] * ny, 1) / safe
+    cy = tf.reduce_sum(by_row[..., 0] * sum_iy, 1) / safe
     centers = tf.stack([cx, cy], -1)  # (n, 2)
+    rows = _gather_padded(tf.reduce_max(m8, 2), iy, 1)  # (n, H) uint8: canvas rows the object reaches
+    cols = _gather_padded(tf.reduce_max(m8, 1), ix, 1)  # (n, W)
+    y1 = tf.argmax(rows, 1, output_type=tf.int32)
+    y2 = H - tf.argmax(tf.reverse(rows, [1]), 1, output_type=tf.int32)
+    x1 = tf.argmax(cols, 1, output_type=tf.int32)
+    x2 = W - tf.argmax(tf.reverse(cols, [1]), 1, output_type=tf.int32)
+    boxes = tf.cast(tf.stack([x1, y1, x2, y2], -1), tf.float32)  # (n, 4)
 
     # Keep the N largest non-empty objects, in source order.
     n = tf.shape(classes)[0]
@@ -224,12 +240,15 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     _, order = tf.math.top_k(tf.where(nonempty, area, -1.0), k=tf.minimum(n, N))
     keep = tf.sort(order[:num_keep])
 
-    # Stride-4 masks by 4x4 area average; an object thinner than that keeps its densest cells
-    # so the target assigner still sees it.
-    s = _MASK_STRIDE
-    kept = tf.gather(full, keep, axis=2)  # (H, W, k)
-    frac = tf.reduce_mean(tf.reshape(kept, [H // s, s, W // s, s, -1]), [1, 3])  # (H/4, W/4, k)
-    peak = tf.reduce_max(frac, [0, 1], keepdims=True)
+    # Stride-4 masks by 4x4 area average of the resized mask, counted through the index maps
+    # one axis at a time (rows first: (k, H, w) then (k, H/4, W) uint8 counts); an object
+    # thinner than that keeps its densest cells so the target assigner still sees it.
+    kept = tf.gather(m8, keep)  # (k, h, w) uint8
+    k = tf.shape(kept)[0]
+    per_row = tf.reduce_sum(tf.reshape(_gather_padded(kept, iy, 1), [k, H // s, s, w]), 2)  # (k, H/4, w) <= 4
+    counts = tf.reduce_sum(tf.reshape(_gather_padded(per_row, ix, 2), [k, H // s, W // s, s]), 3)  # <= 16
+    frac = tf.cast(counts, tf.float32) / float(s * s)  # (k, H/4, W/4)
+    peak = tf.reduce_max(frac, [1, 2], keepdims=True)
     thin = tf.logical_and(frac >= peak, tf.logical_and(peak > 0, peak < 0.5))
     masks4 = tf.cast(tf.logical_or(frac >= 0.5, thin), tf.uint8)
 
@@ -237,7 +256,7 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     y = {
         "classes": tf.pad(tf.gather(classes, keep), [[0, pad]], constant_values=-1),
         "boxes": tf.pad(tf.gather(boxes, keep), [[0, pad], [0, 0]]),
-        "masks": tf.pad(tf.transpose(masks4, [2, 0, 1]), [[0, pad], [0, 0], [0, 0]]),
+        "masks": tf.pad(masks4, [[0, pad], [0, 0], [0, 0]]),
         "centers": tf.pad(tf.gather(centers, keep), [[0, pad], [0, 0]]),
     }
     y["classes"].set_shape((N,))
@@ -255,8 +274,26 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     return out_image, y, meta
 
 
+def _nearest_map(valid, size, canvas):
+    """The resize's nearest source index for each of ``canvas`` output pixels along one axis.
 
-def _flip_valid(canvas, valid_w):
-    """Mirror the valid columns [0, valid_w) of a (H, W, C) canvas; the padding stays right."""
-    cols = tf.range(tf.shape(canvas)[1])
-    return tf.gather(canvas, tf.where(cols < valid_w, valid_w - 1 - cols, cols), axis=1)
+    Output pixel c < ``valid`` takes source pixel floor((c + 0.5) * size / valid) (half-pixel
+    centres); c >= ``valid`` (the padding) takes ``size``, a zero row/column appended by
+    :func:`_gather_padded`. Returns ``(index (canvas,) int32, count (size,) float32, total
+    (size,) float32)``: how many output pixels each source pixel becomes, and the sum of
+    their coordinates (for first moments)."""
+    c = tf.range(canvas, dtype=tf.int32)
+    ratio = tf.cast(size, tf.float64) / tf.cast(valid, tf.float64)
+    src = tf.cast(tf.floor((tf.cast(c, tf.float64) + 0.5) * ratio), tf.int32)
+    inside = c < valid
+    index = tf.where(inside, tf.minimum(src, size - 1), size)
+    count = tf.math.unsorted_segment_sum(tf.cast(inside, tf.float32), index, size + 1)[:size]
+    total = tf.math.unsorted_segment_sum(tf.cast(c, tf.float32) * tf.cast(inside, tf.float32), index, size + 1)[:size]
+    return index, count, total
+
+
+def _gather_padded(x, index, axis):
+    """``tf.gather(x, index, axis)`` where ``index == x.shape[axis]`` reads zeros."""
+    pad = [[0, 0]] * 3 if x.shape.rank == 3 else [[0, 0]] * 2
+    pad[axis] = [0, 1]
+    return tf.gather(tf.pad(x, pad), index, axis=axis)
