@@ -282,11 +282,16 @@ class PostprocessConfig:
     max_per_img: int = 100
     kernel: str = "gaussian"  # gaussian | linear
     sigma: float = 2.0
+    # input pixels per pixel of the masks Matrix NMS compares: 4 = the masks' own resolution
+    # (the reference); 8 or 16 compare 2x2 / 4x4 averages, 4x / 16x less work for the
+    # overlap matmul (the decoder's largest), and leave the kept masks at stride 4
+    nms_stride: int = 4
 
     def validate(self) -> None:
         _one_of("postprocess.kernel", self.kernel, ("gaussian", "linear"))
         _positive("postprocess.nms_pre", self.nms_pre)
         _positive("postprocess.max_per_img", self.max_per_img)
+        _one_of("postprocess.nms_stride", self.nms_stride, (4, 8, 16))
 
 
 @dataclass
@@ -449,7 +454,7 @@ def preset_names() -> list[str]:
 
 def _one_of(key, value, choices):
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(str(c) for c in choices)}; got {value!r}")
 
 
 def _positive(key, value):

@@ -11,7 +11,8 @@ score > ``score_thr`` valid; masks built for those n only, at (h, w), by the var
 :meth:`~solo_tf.variants.Variant.masks_for_cells` (SOLOv2: gathered kernels x mask feature;
 SOLO: gathered channels; Decoupled: gathered x channel * gathered y channel - the same
 function the Dice loss uses); masks with area (at ``mask_thr``) <= the level's stride
-dropped; score *= maskness; Matrix NMS (``update_thr``, K); the K masks upsampled
+dropped; score *= maskness; Matrix NMS (``update_thr``, K; overlaps at ``nms_stride``: the
+masks' own stride 4 as the reference, or 2x2 / 4x4 cell averages); the K masks upsampled
 bilinearly to (H, W).
 
 One deliberate difference from the reference: it computes masks for every pair above
@@ -111,15 +112,22 @@ def decode(outputs, model_config, post_config, full_size_masks=True):
 
     # --- Matrix NMS and the K survivors ----------------------------------------------------
     k = int(post_config.max_per_img)
+    nms_masks, nms_area = ops.reshape(binary, (-1, n, h * w)), area
+    f = int(getattr(post_config, "nms_stride", MASK_STRIDE)) // MASK_STRIDE
+    if f > 1:
+        # Overlaps from f x f cell averages: intersection ~ sum of products of the cells'
+        # fill fractions (exact inside both masks and outside either), areas exact.
+        coarse = ops.mean(ops.reshape(binary, (-1, n, h // f, f, w // f, f)), axis=(3, 5))
+        nms_masks, nms_area = ops.reshape(coarse, (-1, n, (h // f) * (w // f))), area / float(f * f)
     nms = matrix_nms(
-        ops.reshape(binary, (-1, n, h * w)),
+        nms_masks,
         labels,
         scores,
         kernel=post_config.kernel,
         sigma=float(post_config.sigma),
         filter_thr=float(post_config.update_thr),
         max_num=k,
-        mask_area=area,
+        mask_area=nms_area,
         valid=valid,
     )
     filled = nms["keep_inds"] >= 0  # (B, K)

@@ -40,11 +40,15 @@ def multi_level_flatten(per_level):
 def take_slots(x, index):
     """Rows ``index`` of x: x (B, G, P), index (B, M) int -> (B, M, P).
 
-    The index is repeated along P rather than broadcast: the broadcasting form does not
-    convert to TFLite builtins (DESIGN.md).
+    One row gather from the flattened batch (rows b * G + index): a plain GATHER in every
+    backend and in TFLite, copying whole rows. (``take_along_axis`` with the index repeated
+    along P gave the same result 5-20x slower on CPU: it gathers element by element.)
     """
-    per_slot = ops.repeat(ops.expand_dims(index, -1), x.shape[-1], axis=2)
-    return ops.take_along_axis(x, per_slot, axis=1)
+    g, p = x.shape[1], x.shape[2]
+    m = index.shape[1]
+    first_row = ops.arange(ops.shape(x)[0], dtype="int32") * g  # (B,)
+    rows = ops.reshape(ops.cast(index, "int32") + ops.expand_dims(first_row, 1), (-1,))
+    return ops.reshape(ops.take(ops.reshape(x, (-1, p)), rows, axis=0), (-1, m, p))
 
 
 def _resize(x, size):
@@ -248,6 +252,38 @@ class DecoupledSOLOVariant(_ChannelMaskVariant):
         return _gather_channels(outputs[f"mask_x_{level}"], cells % s, size) * _gather_channels(
             outputs[f"mask_y_{level}"], cells // s, size
         )
+
+    def _masks(self, outputs, cells, levels, size):
+        if len(levels) == 1:
+            return self._level_masks(outputs, levels[0], cells, size)
+        # Several levels (the decoder): the levels have only sum_l S_l column and row channels
+        # (128 for the paper's grids), fewer than the candidates, so resize every channel once
+        # (the resize is per channel, so resizing before the gather is the same) and gather
+        # each candidate's X and Y channel from the concatenation, instead of resizing M
+        # gathered channels at every level and keeping each candidate's own.
+        stacks = {"x": [], "y": []}
+        x_index = y_index = 0
+        start = offset = 0
+        for level in levels:
+            s = self.num_grids[level]
+            for axis in ("x", "y"):
+                logits = ops.cast(outputs[f"mask_{axis}_{level}"], "float32")
+                stacks[axis].append(_resize(ops.sigmoid(logits), size))  # (B, h, w, S_l)
+            in_level = ops.cast(ops.logical_and(cells >= start, cells < start + s * s), "int32")
+            local = ops.clip(cells - start, 0, s * s - 1)
+            x_index = x_index + in_level * (offset + local % s)
+            y_index = y_index + in_level * (offset + local // s)
+            start += s * s
+            offset += s
+        h, w = size
+
+        def gather(axis, index):
+            stack = ops.concatenate(stacks[axis], axis=-1)  # (B, h, w, sum S_l)
+            per_channel = ops.transpose(ops.reshape(stack, (-1, h * w, offset)), (0, 2, 1))  # (B, C, hw)
+            return take_slots(per_channel, index)  # (B, M, hw)
+
+        masks = gather("x", x_index) * gather("y", y_index)
+        return ops.reshape(masks, (-1, cells.shape[1], h, w))
 
 
 class SOLOv2Variant(Variant):

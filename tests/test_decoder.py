@@ -180,7 +180,10 @@ def _reference_solov2(out, cfg, pc):
     keep = area > strides[cell]
     soft, binary, area, score, cls = soft[keep], binary[keep], area[keep], score[keep], cls[keep]
     score = score * (soft * binary).sum((1, 2)) / area
-    scores, labels, idx = _ref_matrix_nms(binary, cls, score, pc.sigma, pc.update_thr, pc.max_per_img)
+    f = pc.nms_stride // 4  # overlaps of f x f cell averages
+    n, h, w = binary.shape
+    nms_masks = binary.reshape(n, h // f, f, w // f, f).mean((2, 4))
+    scores, labels, idx = _ref_matrix_nms(nms_masks, cls, score, pc.sigma, pc.update_thr, pc.max_per_img)
     masks = resize_bilinear(soft[idx], (cfg.image_size[0], cfg.image_size[1]))
     return scores, labels, masks
 
@@ -196,9 +199,10 @@ def _random_solov2(seed, cfg, batch=2):
     return out
 
 
-def test_solov2_matches_numpy_reference():
+@pytest.mark.parametrize("nms_stride", [4, 8, 16])
+def test_solov2_matches_numpy_reference(nms_stride):
     cfg = tiny_model_config("solov2", image_size=(64, 96))
-    pc = PostprocessConfig(max_per_img=20)
+    pc = PostprocessConfig(max_per_img=20, nms_stride=nms_stride)
     out = _random_solov2(1, cfg)
     d = _np(decode(out, cfg, pc))
     for b in range(2):
@@ -226,6 +230,27 @@ def _random_outputs(variant, cfg, seed):
             out[f"mask_x_{l}"] = rng.normal(0, 2, (1, m, m, s)).astype(np.float32)
             out[f"mask_y_{l}"] = rng.normal(0, 2, (1, m, m, s)).astype(np.float32)
     return out
+
+
+def test_coarse_nms_overlaps_are_exact_for_masks_made_of_whole_coarse_cells():
+    """With every mask constant on 2x2 blocks of stride-4 pixels, 2x2 averages lose nothing:
+    nms_stride 8 gives exactly what 4 gives; on random masks it decays differently."""
+    cfg = tiny_model_config("solov2", image_size=(64, 96))
+    out = _random_solov2(3, cfg, batch=1)
+    blocky = dict(out, mask_feature=np.repeat(np.repeat(out["mask_feature"][:, ::2, ::2], 2, 1), 2, 2))
+    fine, coarse = (_np(decode(blocky, cfg, PostprocessConfig(max_per_img=20, nms_stride=s))) for s in (4, 8))
+    assert fine["num_detections"][0] > 3
+    for key in fine:
+        np.testing.assert_allclose(coarse[key], fine[key], atol=1e-6, err_msg=key)
+    fine, coarse = (_np(decode(out, cfg, PostprocessConfig(max_per_img=20, nms_stride=s))) for s in (4, 8))
+    assert not np.allclose(coarse["detection_scores"], fine["detection_scores"])
+
+
+def test_nms_stride_must_be_4_8_or_16():
+    from solo_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="postprocess.nms_stride"):
+        PostprocessConfig(nms_stride=6).validate()
 
 
 def test_jax_backend_agrees_with_tensorflow(tmp_path):
