@@ -224,6 +224,9 @@ class DataConfig:
     cis680: CIS680SourceConfig = field(default_factory=CIS680SourceConfig)
     # augmentation (training only)
     multiscale: tuple[int, int] | None = None  # short-side range, e.g. (640, 800)
+    # None: any integer short side in the range; an int: only lo, lo + step, ..., hi (the
+    # reference's discrete img_scale list, multiscale_mode='value': 640, 672, ..., 800)
+    multiscale_step: int | None = None
     max_long_side: int | None = None  # e.g. 1333
     flip: bool = True
     skip_bad: bool = False
@@ -234,6 +237,11 @@ class DataConfig:
         _positive("data.max_instances", self.max_instances)
         if self.multiscale is not None and not 0 < self.multiscale[0] <= self.multiscale[1]:
             raise ConfigError(f"data.multiscale must be (lo, hi) with 0 < lo <= hi, got {self.multiscale}")
+        if self.multiscale_step is not None:
+            _positive("data.multiscale_step", self.multiscale_step)
+            if self.multiscale is None or (self.multiscale[1] - self.multiscale[0]) % self.multiscale_step:
+                raise ConfigError(f"data.multiscale_step {self.multiscale_step} must divide data.multiscale's "
+                                  f"range {self.multiscale}")
         self.shapes.validate()
         self.cis680.validate()
 

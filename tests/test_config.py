@@ -124,3 +124,19 @@ def test_sections_are_separate():
     assert not hasattr(cfg.model, "max_instances") and not hasattr(cfg.model, "class_names")
     assert not hasattr(cfg.model, "focal_alpha") and not hasattr(cfg.data, "train_annotations")
     assert cfg.data.max_instances == 100 and cfg.loss.dice_weight == 3.0
+
+
+def test_presets_follow_the_reference_warmup_and_discrete_scales():
+    """SOLOv2 configs of the reference warm up from 1% of the rate, SOLO / Decoupled SOLO
+    from a third; multi-scale training draws short sides in 32-pixel steps (img_scale lists,
+    multiscale_mode='value')."""
+    from solo_tf.config import load_config, preset_names
+
+    for name in preset_names():
+        cfg = load_config(name)
+        if name == "shapes_demo":
+            continue
+        expected = 0.01 if cfg.model.variant == "solov2" else 1.0 / 3.0
+        assert cfg.train.warmup_ratio == pytest.approx(expected), name
+        if cfg.data.multiscale:
+            assert cfg.data.multiscale_step == 32, name

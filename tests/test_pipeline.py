@@ -223,6 +223,23 @@ def test_multiscale_stays_inside_the_canvas_and_varies():
     assert len(sizes) > 2
 
 
+def test_multiscale_step_draws_only_the_listed_short_sides():
+    model, data = configs(image_size=(256, 256), multiscale=(64, 160), multiscale_step=32)
+    recs = [make_record(image_id=i) for i in range(16)]
+    shorts = set()
+    for images, y, meta in run(recs, model, data, batch_size=4, training=True):
+        shorts |= {int(min(v)) for v in meta["valid_size"]}
+    assert shorts <= {64, 96, 128, 160} and len(shorts) >= 3
+
+
+def test_multiscale_step_must_divide_the_range():
+    from solo_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="multiscale_step"):
+        DataConfig(multiscale=(640, 800), multiscale_step=48).validate()
+    DataConfig(multiscale=(640, 800), multiscale_step=32).validate()
+
+
 def test_training_shuffles_and_batches_with_drop_remainder():
     model, data = configs()
     recs = [make_record(image_id=i) for i in range(7)]

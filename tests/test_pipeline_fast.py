@@ -46,7 +46,8 @@ def pairs(tmp_path_factory):
     src = coco_source(cfg.data, "train", cfg.model.num_classes)
     m, d = cfg.model, cfg.data
     H, W = m.image_size
-    args = (H, W, int(d.max_instances), int(m.num_classes), tuple(d.multiscale), d.max_long_side, True)
+    # any integer short side in the range (not the preset's 32-pixel steps): more scales
+    args = (H, W, int(d.max_instances), int(m.num_classes), (*d.multiscale, 1), d.max_long_side, True)
 
     def both(record, rand):
         return pipeline._prepare_one(record, rand, *args)[1:], prepare_one_reference(record, rand, *args)[1:]

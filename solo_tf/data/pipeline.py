@@ -117,7 +117,8 @@ def prepare(
       (B,) float32 resize factor, ``dropped_empty`` / ``dropped_overflow`` (B,) int32.
 
     Training (``training=True``) shuffles (seeded by ``data_config.seed``) and augments:
-    ``data_config.multiscale`` (lo, hi) draws the short side (capped by
+    ``data_config.multiscale`` (lo, hi) draws the short side (every ``multiscale_step``
+    pixels when that is set; capped by
     ``data_config.max_long_side`` and always fitting the canvas); ``data_config.flip`` flips
     horizontally with probability 1/2. ``data_config.skip_bad`` skips (with a logged warning)
     records that fail validation instead of raising.
@@ -130,7 +131,9 @@ def prepare(
         raise ValueError(f"model.image_size must be a multiple of {_MASK_STRIDE}, got {model_config.image_size}")
     N = int(data_config.max_instances)
     num_classes = int(model_config.num_classes)
-    multiscale = tuple(data_config.multiscale) if (training and data_config.multiscale) else None
+    multiscale = None
+    if training and data_config.multiscale:
+        multiscale = (*(int(v) for v in data_config.multiscale), int(getattr(data_config, "multiscale_step", None) or 1))
     max_long = data_config.max_long_side if multiscale else None
     flip = bool(training and data_config.flip)
     seed = int(data_config.seed)
@@ -195,9 +198,12 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
 
     short = None
     if multiscale is not None:
-        short = tf.random.stateless_uniform(
-            [], seeds[0], minval=multiscale[0], maxval=multiscale[1] + 1, dtype=tf.int32
-        )
+        lo, hi, step = multiscale
+        if step == 1:
+            short = tf.random.stateless_uniform([], seeds[0], minval=lo, maxval=hi + 1, dtype=tf.int32)
+        else:  # one of lo, lo + step, ..., hi
+            short = lo + step * tf.random.stateless_uniform(
+                [], seeds[0], minval=0, maxval=(hi - lo) // step + 1, dtype=tf.int32)
     if flip:
         # Mirroring the source equals mirroring the resized image's valid columns: the
         # bilinear resize (half-pixel centres) is symmetric.
