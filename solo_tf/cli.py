@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float,
                    help="with --steps (or the default steps): a wall-clock cap; alone: train within this budget "
                         "(the result then depends on the machine's speed)")
-    d.add_argument("--steps", type=int, help="train exactly this many steps (default 2000; the schedule is shaped to them)")
+    d.add_argument("--steps", type=int, help="train exactly this many steps (default 2500; the schedule is shaped to them)")
     d.set_defaults(func=_cmd_demo)
 
     e = sub.add_parser("evaluate", parents=[common], help="COCO mask AP of a trained model on a validation split")

@@ -32,7 +32,7 @@ import numpy as np
 from solo_tf.config import Config, load_config
 
 DEMO_CONFIG = "shapes_demo"
-DEMO_STEPS = 2000  # the default of `solo-tf demo`: a fixed amount of work, the same result on any machine
+DEMO_STEPS = 2500  # the default of `solo-tf demo`: a fixed amount of work, the same result on any machine
 DEMO_PICTURES = 4  # held-out images drawn (ground truth beside prediction)
 DEMO_SCORE_THR = 0.3  # predictions drawn in the demo pictures
 DEMO_MAX_STEPS_PER_EPOCH = 50  # short epochs: a log line, a checkpoint and a time check each
@@ -126,6 +126,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         ProgressReport,
         StepLimit,
         TimeBudget,
+        decay_fractions,
         make_budget_optimizer,
         make_optimizer,
         make_steps_optimizer,
@@ -218,7 +219,8 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         callbacks.append(step_limit)
     if budget_schedule:
         t = cfg.train
-        callbacks.append(BudgetSchedule(t.lr, time_budget_s, t.warmup_iters, t.warmup_ratio, t.decay_factor))
+        callbacks.append(BudgetSchedule(t.lr, time_budget_s, t.warmup_iters, t.warmup_ratio, t.decay_factor,
+                                        decay_fractions(t)))
     # runs set in steps or seconds report one line per epoch to stderr themselves (Keras
     # would count epochs, up to 100000 for a budget)
     own_report = (total_steps is not None or time_budget_s is not None) and (verbose is None or verbose > 0)

@@ -131,8 +131,8 @@ class BudgetSchedule(keras.callbacks.Callback):
     """The reference schedule stretched over a wall-clock budget instead of epochs.
 
     Linear warm-up over ``warmup_iters`` steps from ``warmup_ratio``, then x``decay_factor``
-    once 27/36 and again once 33/36 of the budget has passed (the 3x schedule's decay
-    points). Sets the optimizer's learning rate before each batch, so the optimizer must
+    once each of ``decay_fractions`` of the budget has passed (default 27/36 and 33/36, the
+    3x schedule's decay points; the tasks pass the config's, :func:`decay_fractions`). Sets the optimizer's learning rate before each batch, so the optimizer must
     have been built with a plain float learning rate.
     """
 
@@ -173,20 +173,24 @@ def make_budget_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
 # --- run control: fixed step counts, time budgets, learning-rate log, checkpoints -------------
 # (callbacks the tasks layer puts around ``model.fit``; solo_tf.tasks.train wires them)
 
-REFERENCE_DECAY_FRACTIONS = (27 / 36, 33 / 36)  # the 3x schedule's decay points, as fractions of the run
+def decay_fractions(train: TrainConfig) -> tuple:
+    """The configured step decays as fractions of the run: ``train.decay_epochs`` over
+    ``train.epochs`` (the presets' 27 and 33 of 36, as the reference 3x schedule)."""
+    return tuple(e / train.epochs for e in train.decay_epochs if e < train.epochs)
 
 
-def make_steps_optimizer(train: TrainConfig, total_steps: int,
-                         decay_fractions=REFERENCE_DECAY_FRACTIONS) -> keras.optimizers.Optimizer:
-    """The configured optimizer with the reference schedule shaped to ``total_steps``: the
-    step decays at 27/36 and 33/36 of the run (as the 3x schedule's epochs 27 and 33 of 36),
-    warm-up ``train.warmup_iters`` capped at a quarter of the run."""
+def make_steps_optimizer(train: TrainConfig, total_steps: int, fractions=None) -> keras.optimizers.Optimizer:
+    """The configured optimizer with its schedule shaped to ``total_steps``: the step decays
+    at the same fractions of the run as ``train.decay_epochs`` of ``train.epochs``
+    (:func:`decay_fractions`, or ``fractions``), warm-up ``train.warmup_iters`` capped at a
+    quarter of the run."""
+    fractions = decay_fractions(train) if fractions is None else tuple(fractions)
     total_steps = int(total_steps)
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     schedule = WarmupStepDecay(
         train.lr,
-        boundaries=[max(1, int(round(f * total_steps))) for f in decay_fractions],
+        boundaries=[max(1, int(round(f * total_steps))) for f in fractions],
         decay_factor=train.decay_factor,
         warmup_iters=min(int(train.warmup_iters), total_steps // 4),
         warmup_ratio=train.warmup_ratio,

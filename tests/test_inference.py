@@ -139,7 +139,7 @@ def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_full_budget_reaches_target_ap(tmp_path):
-    """The README's main job with its defaults (a fixed 2000 steps; minutes on a 2-core CPU)."""
+    """The README's main job with its defaults (a fixed 2500 steps; minutes on a 2-core CPU)."""
     from solo_tf.tasks import demo
 
     summary = demo(tmp_path / "demo")

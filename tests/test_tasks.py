@@ -72,13 +72,13 @@ def test_train_leaves_the_config_alone_and_saves_a_compact_model(tmp_path):
 def test_total_steps_trains_exactly_that_many_with_the_shaped_schedule(tmp_path):
     from solo_tf.tasks import train
 
-    # 5 steps in epochs of 2: the last epoch is cut to one step; decays at round(27/36 * 5) = 4
-    # and round(33/36 * 5) = 5 (after the run), warm-up min(2, 5 // 4) = 1 step
+    # 5 steps in epochs of 2: the last epoch is cut to one step; the config decays at epoch 1
+    # of 2, so the run decays at round(1/2 * 5) = 2; warm-up min(2, 5 // 4) = 1 step
     run = train(_tiny_config(steps_per_epoch=2), tmp_path / "run", total_steps=5, keep_checkpoints=2, verbose=0)
     assert run.steps == 5
     assert len(run.history["loss"]) == 3
     lr = 0.01 * 4 / 16
-    assert run.history["lr"] == pytest.approx([lr, lr, 0.1 * lr])  # last steps: 1, 3, 4
+    assert run.history["lr"] == pytest.approx([lr, 0.1 * lr, 0.1 * lr])  # last steps: 1, 3, 4
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "epoch_002.weights.h5", "epoch_003.weights.h5"]  # the newest two kept
 
