@@ -83,13 +83,14 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         config: a :class:`solo_tf.config.Config` (not modified).
         out_dir: the run folder (created).
         epochs, steps_per_epoch: override ``config.train``.
-        total_steps: train exactly this many steps, with the reference schedule shaped to
-            them (decays at 27/36 and 33/36 of the steps,
+        total_steps: train exactly this many steps, with the config's schedule shaped to
+            them (decays at the same fractions of the steps as ``train.decay_epochs`` of
+            ``train.epochs``: 27/36 and 33/36 in the presets,
             :func:`solo_tf.training.make_steps_optimizer`); epochs are
             ``train.steps_per_epoch`` long (default: one pass over the data), the last one
             cut short.
         time_budget_s: stop at the first epoch end past this many seconds. Alone, the
-            learning-rate decays happen at the reference's fractions of the budget
+            learning-rate decays happen at those fractions of the budget
             (:class:`solo_tf.training.BudgetSchedule`) and only the latest checkpoint is
             kept; with ``total_steps`` it is only a cap on the step-shaped schedule.
         validation: compute the validation losses after each epoch (never in a budgeted
@@ -145,6 +146,9 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
                          f"{replicas} replicas of --strategy {strategy}")
     if strategy == "multiworker" and not is_chief():
         out_dir = out_dir / f"worker_{tf_config_task()[1]}"  # every worker saves (collectives); one keeps the run
+    # a run shaped to total_steps or a time budget decays at the config's own fractions of
+    # its schedule (decay_epochs / epochs), whatever epoch count it then runs
+    fractions = decay_fractions(cfg.train)
     if epochs is not None:
         cfg.train.epochs = int(epochs)
     if steps_per_epoch is not None:
@@ -185,7 +189,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     with training_scope(dist):
         model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
         if total_steps is not None:
-            optimizer = make_steps_optimizer(cfg.train, total_steps)
+            optimizer = make_steps_optimizer(cfg.train, total_steps, fractions)
         elif budget_schedule:
             optimizer = make_budget_optimizer(cfg.train)
         else:
@@ -220,7 +224,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     if budget_schedule:
         t = cfg.train
         callbacks.append(BudgetSchedule(t.lr, time_budget_s, t.warmup_iters, t.warmup_ratio, t.decay_factor,
-                                        decay_fractions(t)))
+                                        fractions))
     # runs set in steps or seconds report one line per epoch to stderr themselves (Keras
     # would count epochs, up to 100000 for a budget)
     own_report = (total_steps is not None or time_budget_s is not None) and (verbose is None or verbose > 0)
@@ -476,9 +480,9 @@ def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_v
         # the budget covers everything: keep ~15% (at least 20 s) for evaluation and pictures
         total_s = float(minutes) * 60.0
         train_s = max(total_s - max(0.15 * total_s, 20.0), 5.0)
-        cfg.train.epochs = 100000  # the time budget ends training
         log(f"solo-tf demo: training {what} for ~{train_s / 60:.1f} min -> {out_dir}")
-        run = train(cfg, out_dir, time_budget_s=train_s, callbacks=callbacks, verbose=verbose, log=log)
+        # epochs: the time budget ends training (the schedule's decays stay the config's fractions)
+        run = train(cfg, out_dir, epochs=100000, time_budget_s=train_s, callbacks=callbacks, verbose=verbose, log=log)
     train_seconds = time.monotonic() - t0
     cfg, model = run.config, run.model
 

@@ -83,6 +83,18 @@ def test_total_steps_trains_exactly_that_many_with_the_shaped_schedule(tmp_path)
         "epoch_002.weights.h5", "epoch_003.weights.h5"]  # the newest two kept
 
 
+def test_total_steps_decays_at_the_configs_fractions_whatever_the_epoch_count(tmp_path):
+    from solo_tf.tasks import train
+
+    # the config decays at epoch 3 of 4: three quarters of the schedule. 8 steps in epochs of
+    # one step run 8 epochs, and still decay at step 6 (not at epoch 3 of the 8)
+    cfg = _tiny_config(epochs=4, decay_epochs=(3,), steps_per_epoch=1)
+    run = train(cfg, tmp_path / "run", total_steps=8, keep_checkpoints=1, validation=False, verbose=0)
+    lr = 0.01 * 4 / 16
+    assert run.steps == 8
+    assert run.history["lr"][2:] == pytest.approx([lr] * 4 + [0.1 * lr] * 2)  # after the 2-step warm-up
+
+
 def test_resume_restores_the_optimizer_state_and_continues(tmp_path):
     from keras import ops
 
