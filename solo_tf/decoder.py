@@ -113,7 +113,7 @@ def decode(outputs, model_config, post_config, full_size_masks=True):
     # --- Matrix NMS and the K survivors ----------------------------------------------------
     k = int(post_config.max_per_img)
     nms_masks, nms_area = ops.reshape(binary, (-1, n, h * w)), area
-    f = int(getattr(post_config, "nms_stride", MASK_STRIDE)) // MASK_STRIDE
+    f = int(post_config.nms_stride) // MASK_STRIDE
     if f > 1:
         # Overlaps from f x f cell averages: intersection ~ sum of products of the cells'
         # fill fractions (exact inside both masks and outside either), areas exact.

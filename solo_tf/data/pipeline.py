@@ -133,7 +133,7 @@ def prepare(
     num_classes = int(model_config.num_classes)
     multiscale = None
     if training and data_config.multiscale:
-        multiscale = (*(int(v) for v in data_config.multiscale), int(getattr(data_config, "multiscale_step", None) or 1))
+        multiscale = (*(int(v) for v in data_config.multiscale), int(data_config.multiscale_step or 1))
     max_long = data_config.max_long_side if multiscale else None
     flip = bool(training and data_config.flip)
     seed = int(data_config.seed)
