@@ -197,7 +197,8 @@ def _cmd_info(args):
         f"model       {info['model']}",
         f"variant     {info['variant']}",
         f"backbone    {info['backbone']}",
-        f"input size  {info['input_size'][0]} x {info['input_size'][1]} (H x W)",
+        f"input size  {info['input_size'][0]} x {info['input_size'][1]} (H x W)"
+        + "".join(f"; {h} x {w} for the other orientation" for h, w in info["canvases"][1:]),
         f"grids       {', '.join(str(s) for s in info['num_grids'])}",
         f"parameters  {info['parameters']:,} ({info['trainable_parameters']:,} trainable)",
         f"file size   {_size(info['file_bytes'])} (weights {_size(info['weights_bytes'])})",

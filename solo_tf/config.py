@@ -44,6 +44,11 @@ class ModelConfig:
     frozen_stages: int | None = None  # stem + this many stages not trained; None: 1 when pretrained, else 0
     num_classes: int = 80
     image_size: tuple[int, int] = (800, 1088)
+    # a second, transposed canvas (W, H) for the images of the other orientation (the
+    # reference's keep-ratio resize for portrait AND landscape: a portrait COCO image keeps
+    # its scale instead of shrinking to fit 800x1344); training batches are grouped by
+    # orientation, both canvases share every weight. No effect on a square canvas.
+    portrait_canvas: bool = False
     fpn_channels: int = 256
     num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
     strides: tuple[int, ...] = (8, 8, 16, 32, 32)
@@ -61,6 +66,23 @@ class ModelConfig:
     mask_channels: int = 256  # E: SOLOv2 mask-feature output / dynamic-kernel width
     norm_groups: int = 32
     prior_prob: float = 0.01
+
+    @property
+    def canvases(self) -> tuple[tuple[int, int], ...]:
+        """The static input canvases: ``image_size``, then its transpose when
+        ``portrait_canvas`` is on and the canvas is not square."""
+        h, w = (int(v) for v in self.image_size)
+        return ((h, w), (w, h)) if self.portrait_canvas and h != w else ((h, w),)
+
+    def canvas_for(self, height, width) -> tuple[int, int]:
+        """The canvas an image of ``height`` x ``width`` is letterboxed onto: the transposed
+        canvas (when there is one) for an image oriented the other way than ``image_size``,
+        else ``image_size`` (a square image takes ``image_size``)."""
+        canvases = self.canvases
+        h, w = canvases[0]
+        if len(canvases) == 2 and (height > width if h < w else width > height):
+            return canvases[1]
+        return canvases[0]
 
     def validate(self) -> None:
         # the one list of each, beside what they build (imported here: they import keras)

@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from solo_tf.decoder import decode, resize_bilinear
-from solo_tf.inference import build_inference_model, instances_from_detections
+from solo_tf.inference import InferenceModels, instances_from_detections
 from solo_tf.io import write_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -204,8 +204,8 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         dict of the metrics ``AP`` ... ``APl`` plus ``num_images``, ``num_detections`` and
         ``table`` (printable).
     """
-    if hasattr(model, "model_config"):  # a raw SOLO model: decode inside one compiled graph
-        model = build_inference_model(model, post_config)
+    if hasattr(model, "model_config"):  # a raw SOLO model: decode inside one compiled graph per canvas
+        model = InferenceModels(model, post_config)
     iterator = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else iter(dataset)
     gt_images, results, image_ids = [], [], []
     for bi, batch in enumerate(iterator):

@@ -7,8 +7,9 @@
   fixed-size detections on the canvas + each image's letterbox geometry -> each image's
   instances at its original size. :class:`Predictor`, the demo and
   :func:`solo_tf.evaluation.evaluate_dataset` all go through it.
-* :class:`Predictor` letterboxes images of any size into the model's canvas, runs that
-  graph in batches, and maps the masks back to each original image.
+* :class:`Predictor` letterboxes images of any size into the model's canvas (of their
+  orientation, with ``model.portrait_canvas``), runs that graph in batches, and maps the
+  masks back to each original image.
 """
 
 from __future__ import annotations
@@ -54,12 +55,38 @@ class SOLODecoder(layers.Layer):
         return config
 
 
-def build_inference_model(model, postprocess_config=None) -> keras.Model:
-    """One graph: images (B, H, W, 3) RGB 0-255 -> fixed-size detections."""
-    h, w = model.model_config.image_size
-    images = keras.Input(shape=(h, w, 3), name="images")
-    detections = SOLODecoder(model.model_config, postprocess_config, name="decoder")(model(images))
-    return keras.Model(images, detections, name=f"{model.name}_inference")
+def build_inference_model(model, postprocess_config=None, canvas=None) -> keras.Model:
+    """One graph: images (B, H, W, 3) RGB 0-255 -> fixed-size detections.
+
+    ``canvas`` (H, W): one of ``model.canvases`` (default ``model.image_size``; the
+    transposed canvas of a model with ``model.portrait_canvas``)."""
+    canvas = tuple(int(v) for v in (model.canvases[0] if canvas is None else canvas))
+    graph = model.graph_for(canvas)  # raises for a canvas the model does not have
+    images = keras.Input(shape=(*canvas, 3), name="images")
+    config = dataclasses.replace(model.model_config, image_size=canvas)
+    detections = SOLODecoder(config, postprocess_config, name="decoder")(graph(images))
+    suffix = "" if canvas == tuple(model.canvases[0]) else f"_{canvas[0]}x{canvas[1]}"
+    return keras.Model(images, detections, name=f"{model.name}_inference{suffix}")
+
+
+class InferenceModels:
+    """:func:`build_inference_model` of each of a model's canvases, built when first asked
+    for: ``models.predict_on_batch(canvases)`` runs the graph of the batch's canvas."""
+
+    def __init__(self, model, postprocess_config=None):
+        self.model = model
+        self.postprocess_config = postprocess_config
+        self._built = {}
+
+    def __getitem__(self, canvas):
+        canvas = tuple(int(v) for v in canvas)
+        if canvas not in self._built:
+            self._built[canvas] = build_inference_model(self.model, self.postprocess_config, canvas)
+        return self._built[canvas]
+
+    def predict_on_batch(self, canvases):
+        canvases = np.asarray(canvases, np.float32)
+        return self[canvases.shape[1:3]].predict_on_batch(canvases)
 
 
 def letterbox(image, image_size):
@@ -140,21 +167,33 @@ class Predictor:
         self.model = model
         self.postprocess_config = postprocess_config or model.postprocess_config
         self.batch_size = int(batch_size)
-        self.inference_model = build_inference_model(model, self.postprocess_config)
+        self.inference_models = InferenceModels(model, self.postprocess_config)
         self.class_names = model.labels_config.names(model.model_config.num_classes)
+
+    @property
+    def inference_model(self):
+        """The inference graph of the model's canvas ``model.image_size``."""
+        return self.inference_models[self.model.canvases[0]]
 
     def predict(self, images):
         """Images (a list of (h, w, 3) RGB arrays of any sizes, or one array) -> one dict
-        of instances per image (see the class docstring)."""
+        of instances per image (see the class docstring). Each image is letterboxed onto
+        the canvas of its orientation (:meth:`~solo_tf.config.ModelConfig.canvas_for`)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-        results = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            boxed = [letterbox(im, self.model.model_config.image_size) for im in chunk]
-            results += self.predict_canvases(
-                np.stack([b[0] for b in boxed]), [b[1] for b in boxed], [np.asarray(im).shape[:2] for im in chunk]
-            )
+        by_canvas = {}  # canvas -> indices of the images letterboxed onto it, in order
+        for i, im in enumerate(images):
+            by_canvas.setdefault(self.model.model_config.canvas_for(*np.asarray(im).shape[:2]), []).append(i)
+        results = [None] * len(images)
+        for canvas, indices in by_canvas.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                boxed = [letterbox(images[i], canvas) for i in chunk]
+                found = self.predict_canvases(
+                    np.stack([b[0] for b in boxed]), [b[1] for b in boxed], [np.asarray(images[i]).shape[:2] for i in chunk]
+                )
+                for i, inst in zip(chunk, found):
+                    results[i] = inst
         return results
 
     __call__ = predict
@@ -163,7 +202,7 @@ class Predictor:
         """Already letterboxed canvases (B, H, W, 3) RGB 0-255 (the pipeline's images with
         its ``meta``) -> one dict of instances per image at ``orig_sizes`` (default: the
         valid sizes, i.e. the resized image itself)."""
-        dets = self.inference_model.predict_on_batch(np.asarray(canvases, np.float32))
+        dets = self.inference_models.predict_on_batch(canvases)
         return instances_from_detections(
             dets, valid_sizes, valid_sizes if orig_sizes is None else orig_sizes,
             mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names,

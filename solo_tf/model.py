@@ -24,10 +24,10 @@ from solo_tf.config import (
     migrate,
     section_from_dict,
 )
+from solo_tf.decoder import MASK_STRIDE
 from solo_tf.distribute import is_multi_worker, num_replicas
 from solo_tf.fpn import FeaturePyramid
 from solo_tf.losses import SOLOLoss
-from solo_tf.targets import grid_targets
 from solo_tf.variants import get_variant
 
 
@@ -39,6 +39,33 @@ def _section(cls, value, where):
     elif not isinstance(value, cls):
         value = section_from_dict(cls, dict(value), where)
     return value
+
+
+def _apply(parts, variant, images):
+    """The network on ``images`` of ``variant``'s canvas, from the layers in ``parts``."""
+    pyramid = parts["fpn"](parts["backbone"](parts["normalize"](images)))
+    raw = variant.apply_heads(parts["heads"], pyramid)
+    return {k: layer(raw[k]) for k, layer in parts["outputs"].items()}
+
+
+class _CanvasGraphs:
+    """The graphs (and losses) of a model's further canvases, by canvas (H, W).
+
+    A plain object, so Keras does not track the graphs as sub-models: their layers and
+    weights are the model's own, saved once under the model's graph."""
+
+    def __init__(self):
+        self.graphs, self.losses = {}, {}
+
+    def add(self, canvas, graph, loss):
+        self.graphs[tuple(canvas)] = graph
+        self.losses[tuple(canvas)] = loss
+
+
+def _static_hw(x, axes=(1, 2)):
+    """(h, w) of ``x`` along ``axes`` when both are known while tracing, else None."""
+    hw = tuple(x.shape[a] for a in axes)
+    return None if any(v is None for v in hw) else tuple(int(v) for v in hw)
 
 
 @keras.saving.register_keras_serializable(package="solo_tf")
@@ -79,19 +106,33 @@ class SOLO(keras.Model):
         h, w = cfg.image_size
         variant = get_variant(cfg)
 
-        # --- layers (the heads are built by the variant, inside the graph) ---
-        mean, std = backbone_input_normalization(cfg.backbone)  # what the backbone's weights expect
-        normalize = layers.Normalization(mean=mean, variance=[v * v for v in std], axis=-1, name="normalize")
-        backbone = build_backbone(cfg.backbone, (h, w, 3), weights=cfg.backbone_weights)
-        # the reference's norm_eval / frozen_stages (on by default for a pretrained backbone)
-        freeze_backbone(backbone, cfg.effective_norm_eval, cfg.effective_frozen_stages)
-        fpn = FeaturePyramid(cfg.fpn_channels, name="fpn")
+        canvases = cfg.canvases  # (H, W), and (W, H) with model.portrait_canvas
 
-        # --- functional graph ---
+        # --- layers: created once; every canvas's graph applies the same ones ---
+        mean, std = backbone_input_normalization(cfg.backbone)  # what the backbone's weights expect
+        parts = {"normalize": layers.Normalization(mean=mean, variance=[v * v for v in std], axis=-1, name="normalize")}
+        # a backbone serving two canvases takes any size (each graph still has static shapes)
+        backbone_shape = (h, w, 3) if len(canvases) == 1 else (None, None, 3)
+        parts["backbone"] = build_backbone(cfg.backbone, backbone_shape, weights=cfg.backbone_weights)
+        # the reference's norm_eval / frozen_stages (on by default for a pretrained backbone)
+        freeze_backbone(parts["backbone"], cfg.effective_norm_eval, cfg.effective_frozen_stages)
+        parts["fpn"] = FeaturePyramid(cfg.fpn_channels, name="fpn")
+        parts["heads"] = variant.build_heads()
+        parts["outputs"] = {k: layers.Identity(name=k, dtype="float32") for k in sorted(variant.output_names())}
+
+        # --- functional graph of the canvas (H, W) ---
         images = keras.Input(shape=(h, w, 3), name="images")
-        outputs = variant.head_outputs(fpn(backbone(normalize(images))))
-        outputs = {k: layers.Identity(name=k, dtype="float32")(v) for k, v in sorted(outputs.items())}
-        super().__init__(inputs=images, outputs=outputs, **kwargs)
+        super().__init__(inputs=images, outputs=_apply(parts, variant, images), **kwargs)
+        # the transposed canvas: the same layers on a second input, a graph kept out of
+        # Keras' tracking (its weights are this model's; it is rebuilt from the config on load)
+        self._canvas_graphs = _CanvasGraphs()
+        for canvas in canvases[1:]:
+            other = variant.with_canvas(canvas)
+            images_t = keras.Input(shape=(*canvas, 3), name="images")
+            graph = keras.Model(images_t, _apply(parts, other, images_t), name=f"{self.name}_{canvas[0]}x{canvas[1]}")
+            self._canvas_graphs.add(canvas, graph, SOLOLoss(other.model_config, loss_cfg, name="solo_loss_t"))
+        if len(canvases) > 1:
+            self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
 
         # --- config, loss and loss trackers ---
         self.variant = variant
@@ -104,6 +145,74 @@ class SOLO(keras.Model):
         self.dice_loss_tracker = keras.metrics.Mean(name="dice_loss")
         # positives without a Dice slot (loss.max_positives), summed over the epoch
         self.dice_overflow_tracker = keras.metrics.Sum(name="dice_overflow")
+
+    # --- canvases ---------------------------------------------------------------------------
+    @property
+    def canvases(self):
+        """The model's static input canvases (H, W): ``model.image_size``, then the transposed
+        one with ``model.portrait_canvas`` (:attr:`solo_tf.config.ModelConfig.canvases`)."""
+        return self.model_config.canvases
+
+    def graph_for(self, canvas):
+        """The functional graph of one canvas (H, W): the model itself for
+        ``model.image_size``, a graph sharing all its weights for the transposed canvas."""
+        canvas = tuple(int(v) for v in canvas)
+        if canvas == tuple(self.canvases[0]):
+            return self
+        if canvas in self._canvas_graphs.graphs:
+            return self._canvas_graphs.graphs[canvas]
+        raise ValueError(f"{self.name}: no graph for a {canvas[0]}x{canvas[1]} canvas; the model's canvases are "
+                         f"{[f'{a}x{b}' for a, b in self.canvases]} (model.image_size, model.portrait_canvas)")
+
+    def _loss_for(self, canvas):
+        return self.solo_loss if canvas == tuple(self.canvases[0]) else self._canvas_graphs.losses[canvas]
+
+    def call(self, inputs, training=None, mask=None):
+        if len(self.canvases) == 1:
+            return super().call(inputs, training=training, mask=mask)
+        hw = _static_hw(inputs)
+        if hw is not None:
+            if hw == tuple(self.canvases[0]):
+                return super().call(inputs, training=training, mask=mask)
+            return self.graph_for(hw)(inputs, training=training)
+        # A batch of either canvas whose size is known only at run time (a TensorFlow graph
+        # traced for an orientation-grouped dataset): both graphs, one runs.
+        (h, w), other = self.canvases
+
+        def main():
+            return super(SOLO, self).call(ops.reshape(inputs, (-1, h, w, 3)), training=training, mask=mask)
+
+        def transposed():
+            return self.graph_for(other)(ops.reshape(inputs, (-1, *other, 3)), training=training)
+
+        return ops.cond(ops.shape(inputs)[1] == h, main, transposed)
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        hw = _static_hw(inputs)
+        if hw is not None and hw != tuple(self.canvases[0]) and len(self.canvases) > 1:
+            return self.graph_for(hw).compute_output_spec(inputs, training=training)
+        return super().compute_output_spec(inputs, training=training, mask=mask)
+
+    def _loss_terms(self, y, y_pred):
+        """:meth:`SOLOLoss.terms` of the batch's canvas (told by the stride-4 mask targets)."""
+        if len(self.canvases) == 1:
+            return self.solo_loss.terms(y, y_pred)
+        hw = _static_hw(y["masks"], (2, 3))
+        if hw is not None:
+            return self._loss_for((hw[0] * MASK_STRIDE, hw[1] * MASK_STRIDE)).terms(y, y_pred)
+        # canvas known only at run time (see call): the loss of each, one runs
+
+        def terms_on(canvas):
+            def fn():
+                shapes = {k: tuple(v.shape[1:]) for k, v in self.graph_for(canvas).output.items()}
+                pred = {k: ops.reshape(v, (-1, *shapes[k])) for k, v in y_pred.items()}
+                masks = ops.reshape(y["masks"], (-1, y["masks"].shape[1], canvas[0] // MASK_STRIDE,
+                                                 canvas[1] // MASK_STRIDE))
+                return self._loss_for(canvas).terms(dict(y, masks=masks), pred)
+            return fn
+
+        main, other = self.canvases
+        return ops.cond(ops.shape(y["masks"])[2] == main[0] // MASK_STRIDE, terms_on(main), terms_on(other))
 
     # ------------------------------------------------------------------------------------
     def get_config(self):
@@ -141,7 +250,7 @@ class SOLO(keras.Model):
 
     # ------------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        terms = self.solo_loss.terms(y, y_pred)
+        terms = self._loss_terms(y, y_pred)
         focal, dice = terms["focal"], terms["dice"]
         # under tf.distribute each replica holds its share of the global loss and the
         # trackers' sums are read across replicas: scale the shares so the mean is the whole
@@ -176,8 +285,13 @@ class SOLO(keras.Model):
 
     def grid_targets(self, y):
         """Per-level (category, owner) grids of ground truth ``y``, each (B, S, S) int32
-        (:func:`solo_tf.targets.grid_targets`)."""
-        return grid_targets(y, self.model_config)
+        (:func:`solo_tf.targets.grid_targets`), on the canvas of ``y``'s mask targets."""
+        hw = _static_hw(y["masks"], (2, 3))
+        if hw is None:
+            if len(self.canvases) > 1:
+                raise ValueError(f"{self.name}.grid_targets: the canvas of y['masks'] {y['masks'].shape} is not known")
+            return self.solo_loss.grid_targets(y)
+        return self._loss_for((hw[0] * MASK_STRIDE, hw[1] * MASK_STRIDE)).grid_targets(y)
 
 
 def build_model(config) -> SOLO:

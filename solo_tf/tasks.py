@@ -540,13 +540,15 @@ def target_grid_levels(model, y) -> list:
     level, as :func:`solo_tf.visualize.draw_target_grids` takes them."""
     from keras import ops
 
+    from solo_tf.decoder import MASK_STRIDE
     from solo_tf.targets import gather_mask_targets, positive_slots, resize_masks
 
     mc = model.model_config
     y = {k: v[:1] for k, v in y.items()}
+    canvas = (y["masks"].shape[2] * MASK_STRIDE, y["masks"].shape[3] * MASK_STRIDE)  # either canvas of the model
     levels = []
     for lvl, ((category, owner), stride) in enumerate(zip(model.grid_targets(y), model.variant.mask_strides)):
-        size = (mc.image_size[0] // stride, mc.image_size[1] // stride)
+        size = (canvas[0] // stride, canvas[1] // stride)
         s = mc.num_grids[lvl]
         _, owners, pos, _ = positive_slots(owner, s * s)
         targets = ops.convert_to_numpy(gather_mask_targets(resize_masks(y["masks"], size), owners))[0]
@@ -582,6 +584,7 @@ def info(model_path) -> dict:
         "variant": mc.variant,
         "backbone": mc.backbone,
         "input_size": list(mc.image_size),
+        "canvases": [list(c) for c in mc.canvases],
         "num_grids": list(mc.num_grids),
         "classes": [{"index": c, "name": names[c], "dataset_id": int(ids[c])} for c in range(mc.num_classes)],
         "dataset_ids_given": labels.category_ids is not None,

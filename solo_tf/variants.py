@@ -16,6 +16,8 @@ k = offset_l + i * S_l + j, offset_l = sum of S^2 over the levels before l.
 
 from __future__ import annotations
 
+import dataclasses
+
 from keras import ops
 
 from solo_tf.config import ConfigError, ModelConfig, section_from_dict
@@ -95,16 +97,32 @@ class Variant:
     def validate(self):
         """Checks of the model config that only this variant needs; raises ConfigError."""
 
-    def head_outputs(self, pyramid):
-        """Build the variant's head layers and apply them (functional graph).
+    def build_heads(self):
+        """The variant's head layers, new and unbuilt: a dict name -> layer."""
+        raise NotImplementedError
+
+    def apply_heads(self, heads, pyramid):
+        """Apply head layers of :meth:`build_heads` to a pyramid of this variant's canvas.
+
+        The layers hold no canvas size, so the same layers serve variants of several
+        canvases (the model's landscape and portrait graphs share their weights).
 
         Args:
-            pyramid: dict "P2".."P6", (B, H/2^k, W/2^k, c).
+            heads: the dict :meth:`build_heads` returned (of this or another canvas).
+            pyramid: dict "P2".."P6", (B, H/2^k, W/2^k, c), (H, W) = :attr:`image_size`.
 
         Returns:
             dict of raw logits, the names of :meth:`output_names`.
         """
         raise NotImplementedError
+
+    def head_outputs(self, pyramid):
+        """Build the variant's head layers and apply them (functional graph)."""
+        return self.apply_heads(self.build_heads(), pyramid)
+
+    def with_canvas(self, image_size):
+        """The same variant for another canvas (H, W) (its level and mask sizes)."""
+        return type(self)(dataclasses.replace(self.model_config, image_size=tuple(int(v) for v in image_size)))
 
     @property
     def mask_strides(self):
@@ -225,8 +243,11 @@ class SOLOVariant(_ChannelMaskVariant):
 
     name = "solo"
 
-    def head_outputs(self, pyramid):
-        return dict(SOLOHead(**self._head_kwargs())(self._level_features(pyramid)))
+    def build_heads(self):
+        return {"head": SOLOHead(**self._head_kwargs())}
+
+    def apply_heads(self, heads, pyramid):
+        return dict(heads["head"](self._level_features(pyramid)))
 
     def mask_output_names(self, level):
         return [f"mask_{level}"]
@@ -241,8 +262,11 @@ class DecoupledSOLOVariant(_ChannelMaskVariant):
 
     name = "decoupled_solo"
 
-    def head_outputs(self, pyramid):
-        return dict(DecoupledSOLOHead(**self._head_kwargs())(self._level_features(pyramid)))
+    def build_heads(self):
+        return {"head": DecoupledSOLOHead(**self._head_kwargs())}
+
+    def apply_heads(self, heads, pyramid):
+        return dict(heads["head"](self._level_features(pyramid)))
 
     def mask_output_names(self, level):
         return [f"mask_x_{level}", f"mask_y_{level}"]
@@ -299,14 +323,18 @@ class SOLOv2Variant(Variant):
                 "model.mask_feature_channels and model.mask_channels must be divisible by model.norm_groups"
             )
 
-    def head_outputs(self, pyramid):
+    def build_heads(self):
         cfg = self.model_config
-        kwargs = self._head_kwargs()
-        out = dict(SOLOv2Head(mask_channels=cfg.mask_channels, **kwargs)(self._level_features(pyramid)))
-        mask_feature = MaskFeatureHead(
-            cfg.mask_feature_channels, cfg.mask_channels, norm_groups=cfg.norm_groups, name="mask_feature_head"
-        )
-        out["mask_feature"] = mask_feature({k: pyramid[k] for k in ("P2", "P3", "P4", "P5")})
+        return {
+            "head": SOLOv2Head(mask_channels=cfg.mask_channels, **self._head_kwargs()),
+            "mask_feature": MaskFeatureHead(
+                cfg.mask_feature_channels, cfg.mask_channels, norm_groups=cfg.norm_groups, name="mask_feature_head"
+            ),
+        }
+
+    def apply_heads(self, heads, pyramid):
+        out = dict(heads["head"](self._level_features(pyramid)))
+        out["mask_feature"] = heads["mask_feature"]({k: pyramid[k] for k in ("P2", "P3", "P4", "P5")})
         return out
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from solo_tf.decoder import MASK_STRIDE
 from solo_tf.targets import assign_grids
 
 
@@ -35,10 +36,18 @@ def add_grid_targets(dataset: tf.data.Dataset, model_config) -> tf.data.Dataset:
         valid = tf.logical_and(
             tf.reduce_max(tf.cast(y["masks"], tf.int32), axis=[2, 3]) > 0, tf.cast(y["classes"], tf.int32) >= 0
         )
-        grids = assign_grids(
-            y["classes"], y["boxes"], y["centers"], valid, cfg.image_size,
-            cfg.num_grids, cfg.scale_ranges, cfg.pos_scale,
-        )
+
+        def on(canvas):
+            return assign_grids(
+                y["classes"], y["boxes"], y["centers"], valid, canvas, cfg.num_grids, cfg.scale_ranges, cfg.pos_scale,
+            )
+
+        canvases = cfg.canvases
+        if len(canvases) == 1:
+            grids = on(canvases[0])
+        else:  # an orientation-grouped batch: its canvas from its stride-4 mask targets
+            main = tf.equal(tf.shape(y["masks"])[2] * MASK_STRIDE, canvases[0][0])
+            grids = tf.cond(main, lambda: on(canvases[0]), lambda: on(canvases[1]))
         y = dict(y)
         for lvl, (category, owner) in enumerate(grids):
             y[f"grid_category_{lvl}"] = category

@@ -112,6 +112,11 @@ def prepare(
       resized mask is the one the image's resize gives: canvas pixel (r, c) inside the
       image takes source pixel (floor((r + 0.5) h / h'), floor((c + 0.5) w / w')), which is
       the bilinear resize thresholded at 0.5 except for pixels on slanted edges.
+    * With ``model_config.portrait_canvas`` (and a non-square canvas), an image oriented the
+      other way than (H, W) is letterboxed onto the transposed canvas (W, H) instead
+      (:meth:`~solo_tf.config.ModelConfig.canvas_for`), keeping the scale it would have on
+      the matching canvas, and batches hold one canvas each (grouped by orientation, in
+      arrival order): their shapes are known per batch, not in the element spec.
     * ``meta``: ``image_id`` (B,) int64, ``orig_size`` (B, 2) int32 source (h, w),
       ``valid_size`` (B, 2) int32 (h, w) of the resized image inside the canvas, ``scale``
       (B,) float32 resize factor, ``dropped_empty`` / ``dropped_overflow`` (B,) int32.
@@ -138,8 +143,20 @@ def prepare(
     flip = bool(training and data_config.flip)
     seed = int(data_config.seed)
 
+    canvases = model_config.canvases  # (H, W), and (W, H) with model.portrait_canvas
+
+    def _prepare(record, rand):
+        def on(canvas):
+            return _prepare_one(record, rand, *canvas, N, num_classes, multiscale, max_long, flip)
+
+        if len(canvases) == 1:
+            return on(canvases[0])
+        size = tf.shape(record["image"])
+        other = size[0] > size[1] if H < W else size[1] > size[0]  # as ModelConfig.canvas_for
+        return tf.cond(other, lambda: on(canvases[1]), lambda: on(canvases[0]))
+
     def _map(record, rand):
-        image, y, meta = _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
+        image, y, meta = _prepare(record, rand)
         stats._add(
             images=1,
             objects=tf.shape(record["classes"])[0],
@@ -159,7 +176,16 @@ def prepare(
     ds = tf.data.Dataset.zip((ds, rand)).map(_map, num_parallel_calls=tf.data.AUTOTUNE)
     if data_config.skip_bad:
         ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    if len(canvases) == 1:
+        ds = ds.batch(int(batch_size), drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        # one canvas per batch (the reference groups its batches by aspect ratio too); the
+        # element spec no longer knows H and W, the model picks its graph per batch
+        ds = ds.group_by_window(
+            key_func=lambda image, *rest: tf.cast(tf.not_equal(tf.shape(image)[0], H), tf.int64),
+            reduce_func=lambda key, window: window.batch(int(batch_size), drop_remainder=drop_remainder),
+            window_size=int(batch_size),
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
