@@ -24,7 +24,7 @@ def scenes():
             ShapesGenerator(image_size=(144, 96), seed=8, **kw).sample(0)]
 
 
-def run(steps=125):
+def run(steps=100):
     import keras
     import tensorflow as tf
 

@@ -140,3 +140,22 @@ def test_presets_follow_the_reference_warmup_and_discrete_scales():
         assert cfg.train.warmup_ratio == pytest.approx(expected), name
         if cfg.data.multiscale:
             assert cfg.data.multiscale_step == 32, name
+
+
+def test_presets_train_at_the_reference_image_sizes():
+    """Keep-ratio resize for landscape and portrait (a transposed canvas), and the light
+    models' short sides 352-512 under a long side of 768 on a canvas that holds them."""
+    from solo_tf.config import load_config
+
+    for name in PAPER + ["decoupled_solo_r50"]:
+        cfg = load_config(name)
+        assert cfg.model.portrait_canvas and len(cfg.model.canvases) == 2, name
+        lo, hi = cfg.data.multiscale
+        h, w = cfg.model.image_size
+        assert hi <= min(h, w) and cfg.data.max_long_side <= max(h, w), name  # the largest scale fits
+    for name in ("solov2_light_r18", "solov2_light_r34", "solov2_light_r50"):
+        data = load_config(name).data
+        assert tuple(data.multiscale) == (352, 512) and data.max_long_side == 768, name
+    for name in ("solov2_r50", "solov2_r101", "solo_r50"):
+        data = load_config(name).data
+        assert tuple(data.multiscale) == (640, 800) and data.max_long_side == 1333, name

@@ -50,10 +50,8 @@ def test_transposed_graph_shares_the_weights_and_equals_a_model_built_for_that_c
 
     keras.utils.set_random_seed(0)
     both = SOLO(tiny_model_config(variant, image_size=(64, 96), portrait_canvas=True))
-    one = SOLO(tiny_model_config(variant, image_size=(64, 96)))
-    assert len(both.weights) == len(one.weights)
-    assert sum(int(np.prod(w.shape)) for w in both.weights) == sum(int(np.prod(w.shape)) for w in one.weights)
     tall = SOLO(tiny_model_config(variant, image_size=(96, 64)))  # a model of the portrait canvas alone
+    assert [tuple(w.shape) for w in both.weights] == [tuple(w.shape) for w in tall.weights]  # no second set
     tall.set_weights(both.get_weights())
     x = np.random.RandomState(0).uniform(0, 255, (2, 96, 64, 3)).astype("float32")
     got, want = both.predict(x, verbose=0), tall.predict(x, verbose=0)
@@ -61,11 +59,6 @@ def test_transposed_graph_shares_the_weights_and_equals_a_model_built_for_that_c
     for k in want:
         assert got[k].shape == want[k].shape, k
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
-    # the landscape canvas is the model itself
-    xl = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
-    one.set_weights(both.get_weights())
-    np.testing.assert_allclose(both.predict(xl, verbose=0)["category_0"], one.predict(xl, verbose=0)["category_0"],
-                               rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no graph for a 64x64 canvas"):
         both.graph_for((64, 64))
 
