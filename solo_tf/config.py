@@ -40,7 +40,13 @@ class ModelConfig:
     # a torchvision/timm ResNet checkpoint (.safetensors / .npz / .pth), a .weights.h5 file,
     # or "imagenet" (MobileNetV3 only); None = random init
     backbone_weights: str | None = None
-    norm_eval: bool | None = None  # backbone BN frozen; None: on when backbone_weights is set
+    # a whole-model COCO checkpoint of the reference (WXinlong/SOLO SOLO / Decoupled SOLO /
+    # SOLOv2: .pth / .pt (needs torch), .npz or .safetensors) loaded into the model when
+    # `train` builds it (not when resuming a run); solo_tf.reference_weights says what maps.
+    # It holds the backbone too: leave backbone_weights null. Only the category conv may
+    # differ (another num_classes: it is skipped and keeps its init); the rest must fit.
+    init_weights: str | None = None
+    norm_eval: bool | None = None  # backbone BN frozen; None: on when backbone_weights or init_weights is set
     frozen_stages: int | None = None  # stem + this many stages not trained; None: 1 when pretrained, else 0
     num_classes: int = 80
     image_size: tuple[int, int] = (800, 1088)
@@ -107,6 +113,7 @@ class ModelConfig:
             if not 0 <= lo <= hi:
                 raise ConfigError(f"model.scale_ranges entry ({lo}, {hi}) must satisfy 0 <= lo <= hi")
         _positive("model.num_classes", self.num_classes)
+        self._validate_init_weights()
         if self.frozen_stages is not None and not 0 <= self.frozen_stages <= 4:
             raise ConfigError(f"model.frozen_stages must be in 0..4, got {self.frozen_stages}")
         if self.fpn_channels % self.norm_groups or self.head_channels % self.norm_groups:
@@ -117,9 +124,28 @@ class ModelConfig:
         if self.pos_scale <= 0:
             raise ConfigError(f"model.pos_scale must be > 0, got {self.pos_scale}")
 
+    def _validate_init_weights(self) -> None:
+        if self.init_weights is None:
+            return
+        from solo_tf.backbones import RESNETS
+
+        suffixes = (".pth", ".pt", ".npz", ".safetensors")
+        if not isinstance(self.init_weights, str) or not self.init_weights.strip():
+            raise ConfigError(f"model.init_weights must be a file path or null, got {self.init_weights!r}")
+        if not self.init_weights.endswith(suffixes):
+            raise ConfigError(f"model.init_weights {self.init_weights!r} must be a reference checkpoint file "
+                              f"({', '.join(suffixes)})")
+        if self.backbone not in RESNETS:
+            raise ConfigError(f"model.init_weights: the reference checkpoints have a ResNet backbone; model.backbone "
+                              f"is {self.backbone!r} (use one of {', '.join(RESNETS)})")
+        if self.backbone_weights is not None:
+            raise ConfigError("model.init_weights holds the backbone's weights too: set model.backbone_weights "
+                              "to null")
+
     @property
     def pretrained(self) -> bool:
-        return self.backbone_weights is not None
+        """The backbone starts from trained weights (``backbone_weights`` or ``init_weights``)."""
+        return self.backbone_weights is not None or self.init_weights is not None
 
     @property
     def effective_norm_eval(self) -> bool:

@@ -135,7 +135,8 @@ class SOLOLoss(layers.Layer):
     def get_config(self):
         config = super().get_config()
         model = dataclasses.asdict(self.model_config)
-        model["backbone_weights"] = None  # the loss never reads it; a path would leak into saved files
+        # the loss never reads them; a path would leak into saved files
+        model["backbone_weights"] = model["init_weights"] = None
         config.update(model_config=model, loss_config=dataclasses.asdict(self.loss_config))
         return config
 

@@ -222,6 +222,7 @@ class SOLO(keras.Model):
             model["norm_eval"] = self.model_config.effective_norm_eval
             model["frozen_stages"] = self.model_config.effective_frozen_stages
             model["backbone_weights"] = None
+            model["init_weights"] = None  # loaded once by solo_tf.tasks.train; the saved weights hold it
         return {
             "config_version": CONFIG_VERSION,
             "model_config": model,

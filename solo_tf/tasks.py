@@ -154,6 +154,8 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     if steps_per_epoch is not None:
         cfg.train.steps_per_epoch = int(steps_per_epoch)
     cfg.validate()
+    if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
+        raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
     keras.utils.set_random_seed(cfg.train.seed)
     set_precision(cfg.train)
 
@@ -207,6 +209,8 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         done = load_checkpoint(model, resume_from)
         initial_epoch = done // steps
         log(f"[solo-tf] resumed from {resume_from}: {done} steps done, continuing at epoch {initial_epoch + 1}")
+    elif cfg.model.init_weights is not None:
+        apply_init_weights(model, cfg.model.init_weights, log=log)  # a fresh run only: a resumed one has its own
 
     ckpt_name = "latest.weights.h5" if budget_schedule else "epoch_{epoch:03d}.weights.h5"
     extra_callbacks = list(callbacks or [])
@@ -251,6 +255,22 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         stopped_by_budget=bool(timer is not None and timer.stopped_early),
         bad_records=[log for log in info.get("bad_records", []) if log.total],
     )
+
+
+def apply_init_weights(model, path, log=None):
+    """Load ``model.init_weights``, a reference (WXinlong/SOLO) COCO checkpoint, into a model
+    :func:`train` has just built: :func:`solo_tf.reference_weights.load_reference_checkpoint`
+    with ``strict=False``, so a model of another ``num_classes`` keeps its own category
+    output conv (the log line says so); every other tensor must fit exactly.
+
+    Returns:
+        the :class:`solo_tf.reference_weights.ReferenceLoadReport`.
+    """
+    from solo_tf.reference_weights import load_reference_checkpoint
+
+    report = load_reference_checkpoint(model, path, strict=False)
+    (log or _log)(f"[solo-tf] model.init_weights: {report}")
+    return report
 
 
 def _shard_by_data(dataset):
