@@ -10,6 +10,7 @@ TensorFlow backend. Synthetic batch: 8 rectangles per image (``bench_gpu.synthet
 
     python benchmarks/profile_step.py                                   # SOLOv2-R50, 512x512, batch 2
     python benchmarks/profile_step.py --config solov2_light_r18 --size 448 768
+    python benchmarks/profile_step.py --precision mixed_bfloat16               # bf16 on CPU (oneDNN)
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def main():
     p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                   help="Keras dtype policy of the model (mixed_bfloat16: oneDNN's bf16 kernels on CPUs with "
+                        "AVX512_BF16 / AMX)")
     args = p.parse_args()
+    keras.config.set_dtype_policy(args.precision)
     cfg = load_config(args.config)
     cfg.model.image_size = tuple(args.size)
     m = cfg.model
@@ -104,7 +109,7 @@ def main():
         ("+ loss, targets in the model", train_step(y)),
         ("+ loss, grid targets given", train_step(with_grids)),
     ]
-    print(f"{args.config} {args.size[0]}x{args.size[1]} batch {args.batch}, forward + backward, "
+    print(f"{args.config} {args.size[0]}x{args.size[1]} batch {args.batch} {args.precision}, forward + backward, "
           f"median of {args.repeats}; cpus={os.cpu_count()} tf={tf.__version__}")
     for name, fn in parts:
         print(f"  {name:<36} {median_s(fn, args.repeats):7.2f} s", flush=True)

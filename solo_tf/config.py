@@ -310,7 +310,9 @@ class TrainConfig:
     warmup_ratio: float = 1.0 / 3.0
     decay_epochs: tuple[int, ...] = (27, 33)
     decay_factor: float = 0.1
-    mixed_precision: bool = False
+    # false | true / "float16" (mixed_float16: GPUs, with loss scaling) | "bfloat16"
+    # (mixed_bfloat16: TPUs, recent GPUs, and CPUs with AVX512_BF16 / AMX through oneDNN)
+    mixed_precision: bool | str = False
     targets_in: str = "pipeline"  # pipeline (tf.data, TF backend only) | model (compute_loss)
     seed: int = 0
 
@@ -319,6 +321,9 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         _one_of("train.targets_in", self.targets_in, ("pipeline", "model"))
         _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
+        if self.mixed_precision not in (False, True, "float16", "bfloat16"):
+            raise ConfigError(f"train.mixed_precision must be false, true, float16 or bfloat16, "
+                              f"got {self.mixed_precision!r}")
         if self.base_lr <= 0:
             raise ConfigError(f"train.base_lr must be > 0, got {self.base_lr}")
 

@@ -122,9 +122,18 @@ def _optimizer(train: TrainConfig, learning_rate):
     )
 
 
+def precision_policy(train: TrainConfig) -> str:
+    """The Keras dtype policy of ``train.mixed_precision``: float32, mixed_float16 (true or
+    "float16") or mixed_bfloat16 ("bfloat16"); variables and the loss stay float32."""
+    mp = train.mixed_precision
+    if mp is False:
+        return "float32"
+    return "mixed_bfloat16" if mp == "bfloat16" else "mixed_float16"
+
+
 def set_precision(train: TrainConfig) -> None:
-    """Mixed precision (float16 compute, float32 variables and losses) when asked for."""
-    keras.config.set_dtype_policy("mixed_float16" if train.mixed_precision else "float32")
+    """Mixed precision (float16 / bfloat16 compute, float32 variables and losses) when asked for."""
+    keras.config.set_dtype_policy(precision_policy(train))
 
 
 class BudgetSchedule(keras.callbacks.Callback):

@@ -60,20 +60,30 @@ def test_train_bad_config_names_the_key(tmp_path, capsys):
     assert "train.epoch" in capsys.readouterr().err
 
 
-def test_mixed_precision_trains_a_step(tmp_path):
+@pytest.mark.parametrize("setting,policy", [(True, "mixed_float16"), ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_trains_a_step(tmp_path, setting, policy):
     import keras
 
     from solo_tf.config import load_config
     from solo_tf.tasks import train
 
-    cfg = load_config(_tiny_run_config(tmp_path, mixed_precision=True))
+    cfg = load_config(_tiny_run_config(tmp_path, mixed_precision=setting))
     try:
         run = train(cfg, tmp_path / "mp", epochs=1, verbose=0)
-        assert run.model.dtype_policy.name == "mixed_float16"
+        assert run.model.dtype_policy.name == policy
+        assert run.model.get_layer("head").compute_dtype == policy.split("_")[1]
+        assert all(w.dtype == "float32" for w in run.model.weights)
         assert np.isfinite(run.history["loss"][-1])
-        assert np.isfinite(run.history["lr"][-1])  # read through the LossScaleOptimizer
+        assert np.isfinite(run.history["lr"][-1])  # read through the LossScaleOptimizer (float16)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_precision_setting_is_checked():
+    from solo_tf.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        TrainConfig(mixed_precision="int8").validate()
 
 
 def test_version_and_help_need_no_backend(capsys):
