@@ -176,16 +176,20 @@ def masks_to_boxes(masks):
 
 
 # --- host side --------------------------------------------------------------------------------
-def postprocess_image(detections, valid_size, orig_size, mask_thr=0.5):
+def postprocess_image(detections, valid_size, orig_size, mask_thr=0.5, canvas_size=None):
     """One image's fixed-size detections (numpy) -> its instances at the original size.
 
     Args:
         detections: dict of numpy arrays for ONE image, as :func:`decode` gives them without
-            the batch axis: ``detection_masks`` (K, H, W), ``detection_scores`` (K,),
-            ``detection_classes`` (K,), ``num_detections`` ().
+            the batch axis: ``detection_masks`` (K, H, W), or (K, H/4, W/4) from
+            ``decode(..., full_size_masks=False)`` with ``canvas_size``, ``detection_scores``
+            (K,), ``detection_classes`` (K,), ``num_detections`` ().
         valid_size: (h', w') of the resized image inside the (H, W) canvas (top-left).
         orig_size: (h0, w0) of the original image.
         mask_thr: threshold applied after resizing.
+        canvas_size: (H, W) when the masks are strided: the filled slots alone are then
+            upsampled to the canvas here (its valid region only; the same bilinear resize as
+            the graph's full-size masks), instead of all K inside the graph.
 
     Returns:
         dict ``masks`` (m, h0, w0) bool, ``scores`` (m,) float32, ``classes`` (m,) int32,
@@ -198,9 +202,13 @@ def postprocess_image(detections, valid_size, orig_size, mask_thr=0.5):
     m = int(np.asarray(detections["num_detections"]))
     vh, vw = (int(v) for v in valid_size)
     oh, ow = (int(v) for v in orig_size)
-    if not (0 < vh <= masks.shape[1] and 0 < vw <= masks.shape[2]):
-        raise ValueError(f"postprocess_image: valid_size {valid_size} outside the canvas {masks.shape[1:]}")
-    soft = masks[:m, :vh, :vw]
+    canvas = masks.shape[1:] if canvas_size is None else tuple(int(v) for v in canvas_size)
+    if not (0 < vh <= canvas[0] and 0 < vw <= canvas[1]):
+        raise ValueError(f"postprocess_image: valid_size {valid_size} outside the canvas {tuple(canvas)}")
+    if tuple(masks.shape[1:]) == tuple(canvas):
+        soft = masks[:m, :vh, :vw]
+    else:  # strided masks: upsample the filled slots to the canvas, only where the image is
+        soft = resize_bilinear(masks[:m], canvas, crop=(vh, vw))
     resized = resize_bilinear(soft, (oh, ow)) if (vh, vw) != (oh, ow) else soft
     binary = resized > mask_thr
     return {
@@ -211,12 +219,14 @@ def postprocess_image(detections, valid_size, orig_size, mask_thr=0.5):
     }
 
 
-def resize_bilinear(x, size):
+def resize_bilinear(x, size, crop=None):
     """Bilinear resize of (n, h, w) float arrays with half-pixel centres (align_corners=False,
-    no antialiasing: torch ``F.interpolate`` bilinear). Returns (n, *size) float32."""
+    no antialiasing: torch ``F.interpolate`` bilinear). Returns (n, *size) float32, or with
+    ``crop`` (ch, cw) only its top-left (n, ch, cw) (computed alone: the same values)."""
     x = np.asarray(x, np.float32)
     n, h, w = x.shape
     oh, ow = size
+    crop_h, crop_w = (oh, ow) if crop is None else crop
 
     def axis(src, dst):
         pos = np.clip((np.arange(dst) + 0.5) * (src / dst) - 0.5, 0, src - 1)
@@ -224,8 +234,8 @@ def resize_bilinear(x, size):
         hi = np.minimum(lo + 1, src - 1)
         return lo, hi, (pos - lo).astype(np.float32)
 
-    y0, y1, fy = axis(h, oh)
-    x0, x1, fx = axis(w, ow)
+    y0, y1, fy = (a[:crop_h] for a in axis(h, oh))
+    x0, x1, fx = (a[:crop_w] for a in axis(w, ow))
     rows = x[:, y0] * (1 - fy)[None, :, None] + x[:, y1] * fy[None, :, None]  # (n, oh, w)
     return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
 

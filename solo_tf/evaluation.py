@@ -218,7 +218,7 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         if "detection_masks" not in dets:
             dets = decode(dets, model_config, post_config)
         instances = instances_from_detections(dets, meta["valid_size"], meta["orig_size"],
-                                              mask_thr=post_config.mask_thr)
+                                              mask_thr=post_config.mask_thr, canvas_size=images.shape[1:3])
         for i, inst in enumerate(instances):
             iid = int(meta["image_id"][i])
             results += to_coco_results(iid, inst["masks"], inst["classes"], inst["scores"], category_ids)

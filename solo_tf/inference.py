@@ -33,8 +33,9 @@ class SOLODecoder(layers.Layer):
     (B, K), ``detection_classes`` (B, K), ``detection_boxes`` (B, K, 4),
     ``num_detections`` (B,), K = ``postprocess.max_per_img``."""
 
-    def __init__(self, model_config, postprocess_config=None, **kwargs):
+    def __init__(self, model_config, postprocess_config=None, full_size_masks=True, **kwargs):
         super().__init__(**kwargs)
+        self.full_size_masks = bool(full_size_masks)
         self.model_config = (
             model_config if isinstance(model_config, ModelConfig) else section_from_dict(ModelConfig, model_config, "model")
         )
@@ -44,44 +45,51 @@ class SOLODecoder(layers.Layer):
         )
 
     def call(self, outputs):
-        return decode(outputs, self.model_config, self.postprocess_config)
+        return decode(outputs, self.model_config, self.postprocess_config, full_size_masks=self.full_size_masks)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             model_config=dataclasses.asdict(self.model_config),
             postprocess_config=dataclasses.asdict(self.postprocess_config),
+            full_size_masks=self.full_size_masks,
         )
         return config
 
 
-def build_inference_model(model, postprocess_config=None, canvas=None) -> keras.Model:
+def build_inference_model(model, postprocess_config=None, canvas=None, full_size_masks=True) -> keras.Model:
     """One graph: images (B, H, W, 3) RGB 0-255 -> fixed-size detections.
 
     ``canvas`` (H, W): one of ``model.canvases`` (default ``model.image_size``; the
-    transposed canvas of a model with ``model.portrait_canvas``)."""
+    transposed canvas of a model with ``model.portrait_canvas``). ``full_size_masks=False``:
+    ``detection_masks`` stay at stride 4, (B, K, H/4, W/4) (:func:`instances_from_detections`
+    upsamples the filled slots alone)."""
     canvas = tuple(int(v) for v in (model.canvases[0] if canvas is None else canvas))
     graph = model.graph_for(canvas)  # raises for a canvas the model does not have
     images = keras.Input(shape=(*canvas, 3), name="images")
     config = dataclasses.replace(model.model_config, image_size=canvas)
-    detections = SOLODecoder(config, postprocess_config, name="decoder")(graph(images))
+    detections = SOLODecoder(config, postprocess_config, full_size_masks, name="decoder")(graph(images))
     suffix = "" if canvas == tuple(model.canvases[0]) else f"_{canvas[0]}x{canvas[1]}"
     return keras.Model(images, detections, name=f"{model.name}_inference{suffix}")
 
 
 class InferenceModels:
     """:func:`build_inference_model` of each of a model's canvases, built when first asked
-    for: ``models.predict_on_batch(canvases)`` runs the graph of the batch's canvas."""
+    for: ``models.predict_on_batch(canvases)`` runs the graph of the batch's canvas. The
+    graphs keep the masks at stride 4 (``full_size_masks=False``; the host upsamples the
+    filled slots alone, :func:`instances_from_detections`)."""
 
-    def __init__(self, model, postprocess_config=None):
+    def __init__(self, model, postprocess_config=None, full_size_masks=False):
         self.model = model
         self.postprocess_config = postprocess_config
+        self.full_size_masks = full_size_masks
         self._built = {}
 
     def __getitem__(self, canvas):
         canvas = tuple(int(v) for v in canvas)
         if canvas not in self._built:
-            self._built[canvas] = build_inference_model(self.model, self.postprocess_config, canvas)
+            self._built[canvas] = build_inference_model(self.model, self.postprocess_config, canvas,
+                                                        full_size_masks=self.full_size_masks)
         return self._built[canvas]
 
     def predict_on_batch(self, canvases):
@@ -108,7 +116,7 @@ def letterbox(image, image_size):
 
 
 def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask_thr: float = 0.5,
-                              class_names: Sequence[str] | None = None) -> list[dict]:
+                              class_names: Sequence[str] | None = None, canvas_size=None) -> list[dict]:
     """Fixed-size detections of a batch -> each image's instances at its original size.
 
     The one per-image post-processing path (host side, numpy): for image b, the filled
@@ -125,6 +133,8 @@ def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask
         orig_sizes: (B, 2) (h0, w0) of each original image.
         mask_thr: threshold on the resized soft masks.
         class_names: optional names by class; adds ``labels`` to each result.
+        canvas_size: (H, W) of the canvas, needed when ``detection_masks`` are at stride 4
+            (``full_size_masks=False``): the filled slots are upsampled here.
 
     Returns:
         list of B dicts: ``masks`` (m, h0, w0) bool, ``scores`` (m,) float32 descending,
@@ -139,7 +149,8 @@ def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask
                          f"{len(orig_sizes)} original sizes")
     out = []
     for b in range(batch):
-        inst = postprocess_image({k: v[b] for k, v in dets.items()}, valid_sizes[b], orig_sizes[b], mask_thr=mask_thr)
+        inst = postprocess_image({k: v[b] for k, v in dets.items()}, valid_sizes[b], orig_sizes[b], mask_thr=mask_thr,
+                                 canvas_size=canvas_size)
         if class_names is not None:
             inst["labels"] = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in inst["classes"].tolist()]
         out.append(inst)
@@ -202,8 +213,9 @@ class Predictor:
         """Already letterboxed canvases (B, H, W, 3) RGB 0-255 (the pipeline's images with
         its ``meta``) -> one dict of instances per image at ``orig_sizes`` (default: the
         valid sizes, i.e. the resized image itself)."""
+        canvases = np.asarray(canvases, np.float32)
         dets = self.inference_models.predict_on_batch(canvases)
         return instances_from_detections(
             dets, valid_sizes, valid_sizes if orig_sizes is None else orig_sizes,
-            mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names,
+            mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names, canvas_size=canvases.shape[1:3],
         )

@@ -67,6 +67,28 @@ def test_predictor_returns_masks_at_original_size(variant):
         assert set(inst["labels"]) <= set("abcdef")
 
 
+def test_predictor_upsampling_the_filled_slots_on_the_host_equals_full_size_masks():
+    """Predictor keeps the graph's masks at stride 4 and upsamples only the filled slots, only
+    where the image is: the same instances as K full-size masks from the graph."""
+    from solo_tf.inference import Predictor, build_inference_model, instances_from_detections, letterbox
+
+    post = PostprocessConfig(score_thr=0.0, update_thr=0.0, max_per_img=6, mask_thr=0.5)
+    model = _model("solov2")  # untrained, only SOLOv2's masks survive the decoder's area filter
+    predictor = Predictor(model, post)
+    image = np.random.RandomState(2).randint(0, 255, (45, 70, 3), np.uint8)
+    got = predictor.predict([image])[0]
+    assert predictor.inference_model.output["detection_masks"].shape[2:] == (16, 16)  # stride 4
+    canvas, valid, _ = letterbox(image, (64, 64))
+    full = build_inference_model(model, post).predict_on_batch(canvas[None])
+    assert full["detection_masks"].shape[2:] == (64, 64)
+    want = instances_from_detections(full, [valid], [image.shape[:2]], mask_thr=0.5)[0]
+    assert len(want["scores"]) == len(got["scores"]) > 0
+    np.testing.assert_array_equal(got["classes"], want["classes"])
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-6)
+    assert (got["masks"] == want["masks"]).mean() > 0.999  # float rounding at the threshold only
+    assert got["masks"].any()
+
+
 def test_inference_model_saves_and_reloads(tmp_path):
     import keras
     from keras import ops
