@@ -9,8 +9,6 @@ DecoupledSOLOHead), not from solo_tf's mapping."""
 
 import dataclasses
 import importlib.util
-import json
-import struct
 import types
 
 import keras
@@ -116,19 +114,10 @@ def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLO
 
 
 def write_safetensors(path, state):
-    """The safetensors layout: u64 LE header length, JSON header, raw LE buffer."""
-    tags = {np.dtype("float32"): "F32", np.dtype("int64"): "I64"}
-    header, chunks, offset = {}, [], 0
-    for name, value in state.items():
-        data = np.asarray(value).tobytes()
-        header[name] = {"dtype": tags[value.dtype], "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+    """``state`` as a .safetensors file (test_weights.py's writer, from the format description)."""
+    from test_weights import write_safetensors as write
+
+    write(path, state)
     return path
 
 
