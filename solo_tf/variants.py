@@ -76,7 +76,7 @@ class Variant:
     """What a model variant decides, for one :class:`solo_tf.config.ModelConfig`.
 
     Subclasses set :attr:`name` (the ``model.variant`` value) and implement
-    :meth:`head_outputs`, :meth:`mask_output_names`, :attr:`mask_strides` and :meth:`_masks`.
+    :meth:`build_heads`, :meth:`apply_heads`, :meth:`mask_output_names`, :attr:`mask_strides` and :meth:`_masks`.
     """
 
     name = ""
@@ -115,10 +115,6 @@ class Variant:
             dict of raw logits, the names of :meth:`output_names`.
         """
         raise NotImplementedError
-
-    def head_outputs(self, pyramid):
-        """Build the variant's head layers and apply them (functional graph)."""
-        return self.apply_heads(self.build_heads(), pyramid)
 
     def with_canvas(self, image_size):
         """The same variant for another canvas (H, W) (its level and mask sizes)."""
