@@ -14,6 +14,8 @@ backend is (the letterbox runs on Keras' TensorFlow backend inside ``tf.data``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from solo_tf.data.sources import RecordSource, load_source, open_sources, shapes_source  # noqa: F401 (re-exported)
@@ -109,9 +111,9 @@ def prepare(
       its densest cells); ``y["centers"]`` (B, N, 2) float32 (x, y) centre of mass of the
       resized mask, in pixel-index units (pixel (r, c) sits at x=c, y=r, as
       ``scipy.ndimage.center_of_mass``). Real objects come first, in source order. The
-      resized mask is the one the image's resize gives: canvas pixel (r, c) inside the
-      image takes source pixel (floor((r + 0.5) h / h'), floor((c + 0.5) w / w')), which is
-      the bilinear resize thresholded at 0.5 except for pixels on slanted edges.
+      resized mask is the one the image's resize gives, thresholded at 0.5: exactly the
+      bilinear resize's when the image is enlarged; when it shrinks (antialiased), the
+      nearest-neighbour map with half-pixel centres, which differs from it only on edges.
     * With ``model_config.portrait_canvas`` (and a non-square canvas), an image oriented the
       other way than (H, W) is letterboxed onto the transposed canvas (W, H) instead
       (:meth:`~solo_tf.config.ModelConfig.canvas_for`), keeping the scale it would have on
@@ -230,34 +232,45 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
         else:  # one of lo, lo + step, ..., hi
             short = lo + step * tf.random.stateless_uniform(
                 [], seeds[0], minval=0, maxval=(hi - lo) // step + 1, dtype=tf.int32)
+    do_flip = None
     if flip:
-        # Mirroring the source equals mirroring the resized image's valid columns: the
-        # bilinear resize (half-pixel centres) is symmetric.
         do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        image, masks = tf.cond(do_flip, lambda: (tf.reverse(image, [1]), tf.reverse(masks, [2])),
-                               lambda: (image, masks))
+        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
     out_image, (nh, nw), scale = letterbox(image, (H, W), short_side=short, max_long_side=max_long)
     out_image = tf.ensure_shape(out_image, (H, W, 3))
 
-    # The masks never reach the canvas's full resolution. Thresholding the bilinear resize of
-    # a 0/1 mask at 0.5 keeps the canvas pixels whose centre falls inside the source's 1
-    # pixels: canvas pixel c (c < w') takes source pixel floor((c + 0.5) * w / w'), a
-    # nearest-neighbour resize with half-pixel centres, separable per axis. So the resized
-    # mask's area, first moments, box and 4x4 cell counts follow from the source masks and
-    # those two index maps without building it.
+    # The masks never reach the canvas's full resolution. Canvas pixel (r, c) of a mask's
+    # bilinear resize reads the 2x2 source block (lo_r.., lo_c..) (see _axis_tables); where
+    # that block is uniform the thresholded value is the block's, and so is the nearest
+    # source pixel's. So the resized mask is the nearest-neighbour map (separable: its row
+    # and column counts and 4x4 cell counts follow from the source masks and two index maps)
+    # plus corrections at the canvas pixels of mixed blocks (the objects' edges), computed
+    # there exactly as the resize does (_edge_corrections). Flipped, the canvas columns take
+    # the tables of their mirror images, as flipping the resized mask would.
     s = _MASK_STRIDE
-    iy, ny, sum_iy = _nearest_map(nh, h, H)
-    ix, nx, sum_ix = _nearest_map(nw, w, W)
-    m8 = tf.cast(masks, tf.uint8)
+    ty = _axis_tables(nh, h, H)
+    tx = _axis_tables(nw, w, W, flip=do_flip)
+    m8 = tf.cast(masks, tf.uint8)  # the source's orientation: tx carries the flip
     mf = tf.cast(m8, tf.float32)  # (n, h, w)
-    by_row = tf.einsum("nhw,wk->nhk", mf, tf.stack([nx, sum_ix], -1))  # canvas pixels, x-moment per source row
-    area = tf.reduce_sum(by_row[..., 0] * ny, 1)  # (n,) canvas pixels
-    safe = tf.maximum(area, 1.0)
-    cx = tf.reduce_sum(by_row[..., 1] * ny, 1) / safe
-    cy = tf.reduce_sum(by_row[..., 0] * sum_iy, 1) / safe
-    centers = tf.stack([cx, cy], -1)  # (n, 2)
-    rows = _gather_padded(tf.reduce_max(m8, 2), iy, 1)  # (n, H) uint8: canvas rows the object reaches
-    cols = _gather_padded(tf.reduce_max(m8, 1), ix, 1)  # (n, W)
+    n = tf.shape(classes)[0]
+    # the resize enlarges (plain bilinear) or shrinks (antialiased: the nearest map then
+    # stands for it, without corrections)
+    shrinks = tf.logical_or(nh < h, nw < w)
+    edge = tf.cond(shrinks, lambda: _no_corrections(), lambda: _edge_corrections(m8, ty, tx))
+    e_obj, e_row, e_col, e_d = edge
+    row_count = _gather_padded(tf.einsum("nhw,w->nh", mf, tx.per_source), ty.near, 1)  # (n, H) canvas pixels per row
+    col_count = _gather_padded(tf.einsum("nhw,h->nw", mf, ty.per_source), tx.near, 1)  # (n, W)
+    row_count += tf.cast(tf.reshape(tf.math.unsorted_segment_sum(e_d, e_obj * H + e_row, n * H), [n, H]), tf.float32)
+    col_count += tf.cast(tf.reshape(tf.math.unsorted_segment_sum(e_d, e_obj * W + e_col, n * W), [n, W]), tf.float32)
+    # moments in float64: exact integer sums, as the reference's
+    rc64, cc64 = tf.cast(row_count, tf.float64), tf.cast(col_count, tf.float64)
+    area64 = tf.reduce_sum(rc64, 1)
+    safe = tf.maximum(area64, 1.0)
+    cx = tf.reduce_sum(cc64 * tf.range(W, dtype=tf.float64), 1) / safe
+    cy = tf.reduce_sum(rc64 * tf.range(H, dtype=tf.float64), 1) / safe
+    centers = tf.cast(tf.stack([cx, cy], -1), tf.float32)  # (n, 2)
+    area = tf.cast(area64, tf.float32)
+    rows, cols = row_count > 0, col_count > 0
     y1 = tf.argmax(rows, 1, output_type=tf.int32)
     y2 = H - tf.argmax(tf.reverse(rows, [1]), 1, output_type=tf.int32)
     x1 = tf.argmax(cols, 1, output_type=tf.int32)
@@ -265,20 +278,28 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     boxes = tf.cast(tf.stack([x1, y1, x2, y2], -1), tf.float32)  # (n, 4)
 
     # Keep the N largest non-empty objects, in source order.
-    n = tf.shape(classes)[0]
     nonempty = area > 0
     num_nonempty = tf.reduce_sum(tf.cast(nonempty, tf.int32))
     num_keep = tf.minimum(num_nonempty, N)
     _, order = tf.math.top_k(tf.where(nonempty, area, -1.0), k=tf.minimum(n, N))
     keep = tf.sort(order[:num_keep])
 
-    # Stride-4 masks by 4x4 area average of the resized mask, counted through the index maps
-    # one axis at a time (rows first: (k, H, w) then (k, H/4, W) uint8 counts); an object
+    # Stride-4 masks by 4x4 area average of the resized mask: the nearest map's cell counts,
+    # counted through the index maps one axis at a time (rows first: (k, H, w) then
+    # (k, H/4, W) uint8 counts), plus the edge corrections of the kept objects; an object
     # thinner than that keeps its densest cells so the target assigner still sees it.
     kept = tf.gather(m8, keep)  # (k, h, w) uint8
     k = tf.shape(kept)[0]
-    per_row = tf.reduce_sum(tf.reshape(_gather_padded(kept, iy, 1), [k, H // s, s, w]), 2)  # (k, H/4, w) <= 4
-    counts = tf.reduce_sum(tf.reshape(_gather_padded(per_row, ix, 2), [k, H // s, W // s, s]), 3)  # <= 16
+    per_row = tf.reduce_sum(tf.reshape(_gather_padded(kept, ty.near, 1), [k, H // s, s, w]), 2)  # (k, H/4, w) <= 4
+    counts = tf.reduce_sum(tf.reshape(_gather_padded(per_row, tx.near, 2), [k, H // s, W // s, s]), 3)  # <= 16
+    slot = tf.tensor_scatter_nd_update(tf.fill([n], -1), keep[:, None], tf.range(k))  # object -> kept slot
+    e_slot = tf.gather(slot, e_obj)
+    e_kept = e_slot >= 0
+    cells = (H // s) * (W // s)
+    fix = tf.math.unsorted_segment_sum(
+        tf.boolean_mask(e_d, e_kept),
+        tf.boolean_mask(e_slot * cells + (e_row // s) * (W // s) + e_col // s, e_kept), k * cells)
+    counts = tf.cast(counts, tf.int32) + tf.reshape(fix, [k, H // s, W // s])
     frac = tf.cast(counts, tf.float32) / float(s * s)  # (k, H/4, W/4)
     peak = tf.reduce_max(frac, [1, 2], keepdims=True)
     thin = tf.logical_and(frac >= peak, tf.logical_and(peak > 0, peak < 0.5))
@@ -306,22 +327,98 @@ def _prepare_one(record, rand, H, W, N, num_classes, multiscale, max_long, flip)
     return out_image, y, meta
 
 
-def _nearest_map(valid, size, canvas):
-    """The resize's nearest source index for each of ``canvas`` output pixels along one axis.
+class _Axis(NamedTuple):
+    """One axis of the bilinear resize of a ``size``-pixel source to ``valid`` output pixels on
+    a ``canvas``: per output pixel, ``lo`` (int32, the block's first source index), ``a``
+    (float32, the weight of ``lo + 1``), ``near`` (int32, the nearest source index: ``size``
+    for padding, a zero row of :func:`_gather_padded`); per source index, ``per_source`` (float32,
+    how many output pixels take it as nearest) and ``outputs`` ((size, K) int32, the output
+    pixels whose block starts there, -1 filled)."""
 
-    Output pixel c < ``valid`` takes source pixel floor((c + 0.5) * size / valid) (half-pixel
-    centres); c >= ``valid`` (the padding) takes ``size``, a zero row/column appended by
-    :func:`_gather_padded`. Returns ``(index (canvas,) int32, count (size,) float32, total
-    (size,) float32)``: how many output pixels each source pixel becomes, and the sum of
-    their coordinates (for first moments)."""
+    lo: tf.Tensor
+    a: tf.Tensor
+    near: tf.Tensor
+    per_source: tf.Tensor
+    outputs: tf.Tensor
+
+
+def _axis_tables(valid, size, canvas, flip=None):
+    """TensorFlow's bilinear resize along one axis (half-pixel centres, no antialiasing), as
+    its kernel computes it in float32: output pixel c reads source pixels lo, hi with
+    u = (c + 0.5) * size / valid - 0.5, lo = max(floor(u), 0), hi = min(ceil(u), size - 1) and
+    weight u - floor(u) on hi. Where hi == lo the weight is irrelevant and set to 0, so every
+    output pixel reads the block (lo, lo + 1) of the source with its last index repeated.
+    With ``flip`` (a bool tensor), output pixel c < valid takes the tables of valid - 1 - c:
+    the resized line mirrored."""
     c = tf.range(canvas, dtype=tf.int32)
-    ratio = tf.cast(size, tf.float64) / tf.cast(valid, tf.float64)
-    src = tf.cast(tf.floor((tf.cast(c, tf.float64) + 0.5) * ratio), tf.int32)
     inside = c < valid
-    index = tf.where(inside, tf.minimum(src, size - 1), size)
-    count = tf.math.unsorted_segment_sum(tf.cast(inside, tf.float32), index, size + 1)[:size]
-    total = tf.math.unsorted_segment_sum(tf.cast(c, tf.float32) * tf.cast(inside, tf.float32), index, size + 1)[:size]
-    return index, count, total
+    at = c if flip is None else tf.where(tf.logical_and(flip, inside), valid - 1 - c, c)
+    ratio = tf.cast(size, tf.float32) / tf.cast(valid, tf.float32)
+    u = (tf.cast(at, tf.float32) + 0.5) * ratio - 0.5
+    f = tf.floor(u)
+    lo = tf.minimum(tf.maximum(tf.cast(f, tf.int32), 0), size - 1)
+    hi = tf.minimum(tf.cast(tf.math.ceil(u), tf.int32), size - 1)
+    a = tf.where(hi > lo, u - f, 0.0)
+    near = tf.where(inside, tf.where(a < 0.5, lo, hi), size)
+    per_source = tf.math.unsorted_segment_sum(tf.cast(inside, tf.float32), near, size + 1)[:size]
+    # the output pixels of each block: lo is monotonic along the valid pixels, so each
+    # block's pixels are contiguous; rank within the block = position - the block's first
+    pos = tf.range(valid, dtype=tf.int32)
+    lo_in = lo[:valid]
+    first = tf.math.unsorted_segment_min(pos, lo_in, size)
+    rank = pos - tf.gather(first, lo_in)
+    width = tf.reduce_max(rank) + 1
+    outputs = tf.tensor_scatter_nd_update(tf.fill([size, width], -1), tf.stack([lo_in, rank], -1), pos)
+    return _Axis(lo, a, near, per_source, outputs)
+
+
+def _no_corrections():
+    empty = tf.zeros([0], tf.int32)
+    return empty, empty, empty, empty
+
+
+def _edge_corrections(m8, ty: _Axis, tx: _Axis):
+    """Where the thresholded bilinear resize of 0/1 masks ``m8`` (n, h, w) differs from the
+    nearest-neighbour map: ``(object, row, column, difference)`` int32 vectors, difference
+    +1 (a pixel the resize adds) or -1 (one it removes). Only the output pixels of mixed 2x2 source blocks can differ; each is computed as the
+    kernel does (``top = tl + (tr - tl) * ax``, ``v = top + (bottom - top) * ay``, kept when
+    ``v >= 0.5``)."""
+    shape = tf.shape(m8, out_type=tf.int64)
+    h, w = shape[1], shape[2]
+    # A block (y, x) reads pixels (y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1), the last row
+    # and column repeated; it is mixed when one of its pairs of neighbours differs. So the
+    # mixed blocks are those next to a change between horizontal neighbours (y, x)-(y, x + 1):
+    # blocks (y - 1, x) and (y, x); or between vertical ones (y, x)-(y + 1, x): blocks
+    # (y, x - 1) and (y, x). Changes are sparse (the objects' outlines): found on the source,
+    # the rest works on them alone.
+    across = tf.where(tf.not_equal(m8[:, :, 1:], m8[:, :, :-1]))  # (., 3) object, y, x
+    down = tf.where(tf.not_equal(m8[:, 1:, :], m8[:, :-1, :]))
+    blocks = tf.concat([across, across - [0, 1, 0], down, down - [0, 0, 1]], 0)
+    blocks = tf.boolean_mask(blocks, tf.reduce_all(blocks >= 0, 1))
+    key, _ = tf.unique((blocks[:, 0] * h + blocks[:, 1]) * w + blocks[:, 2])
+    obj, rest = key // (h * w), key % (h * w)
+    by64, bx64 = rest // w, rest % w
+    y1, x1 = tf.minimum(by64 + 1, h - 1), tf.minimum(bx64 + 1, w - 1)
+    corner = tf.cast(tf.stack([tf.gather_nd(m8, tf.stack(i, 1)) for i in
+                               ((obj, by64, bx64), (obj, by64, x1), (obj, y1, bx64), (obj, y1, x1))], -1), tf.float32)
+    obj, by, bx = (tf.cast(v, tf.int32) for v in (obj, by64, bx64))
+    rows = tf.gather(ty.outputs, by)  # (P, Ky) output rows of each block, -1 filled
+    cols = tf.gather(tx.outputs, bx)  # (P, Kx)
+    ay = tf.gather(ty.a, tf.maximum(rows, 0))
+    ax = tf.gather(tx.a, tf.maximum(cols, 0))
+    c_tl, c_tr, c_bl, c_br = (corner[:, i, None] for i in range(4))
+    top = c_tl + (c_tr - c_tl) * ax  # (P, Kx)
+    bottom = c_bl + (c_br - c_bl) * ax
+    exact = (top[:, None, :] + (bottom - top)[:, None, :] * ay[:, :, None]) >= 0.5  # (P, Ky, Kx)
+    # the nearest map's value there: the block's corner each weight rounds to
+    near_top = tf.where(ax < 0.5, c_tl, c_tr)
+    near_bottom = tf.where(ax < 0.5, c_bl, c_br)
+    nearest = tf.where((ay < 0.5)[:, :, None], near_top[:, None, :], near_bottom[:, None, :]) > 0.5
+    real = tf.logical_and((rows >= 0)[:, :, None], (cols >= 0)[:, None, :])
+    diff = tf.where(real, tf.cast(exact, tf.int32) - tf.cast(nearest, tf.int32), 0)
+    at = tf.where(tf.not_equal(diff, 0))  # (D, 3) block, row slot, column slot
+    return (tf.gather(obj, at[:, 0]), tf.gather_nd(rows, at[:, :2]), tf.gather_nd(cols, tf.gather(at, [0, 2], axis=1)),
+            tf.gather_nd(diff, at))
 
 
 def _gather_padded(x, index, axis):
