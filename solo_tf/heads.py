@@ -65,6 +65,54 @@ def level_features(pyramid, strides, image_size):
     return out
 
 
+@keras.saving.register_keras_serializable(package="solo_tf")
+class GroupNorm(layers.Layer):
+    """Group normalisation of channels-last feature maps (B, h, w, C): the function and the
+    weights (``gamma``, ``beta``, (C,)) of ``keras.layers.GroupNormalization(groups,
+    epsilon)``, computed in float32 as that is, written with 4-D per-channel statistics only.
+
+    Keras's layer reshapes to (B, h, w, G, C/G) and reduces over three axes of that; LiteRT
+    runs such a 5-D MEAN outside its XNNPack kernels, which made GroupNorm most of the
+    mobile preset's head time. Here each statistic is a spatial MEAN over axes (1, 2) (the
+    global-pooling kernel every runtime optimises) followed by an average over each group's
+    channels on the tiny (B, C) result; the variance is the two-pass one (of x minus its
+    group mean), as Keras's.
+    """
+
+    def __init__(self, groups=32, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None or channels % self.groups:
+            raise ValueError(f"{self.name}: {channels} channels do not split into {self.groups} groups")
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def _group_average(self, stat):
+        """(B, C) per-channel statistic -> its group's average, per channel, (B, 1, 1, C)."""
+        c = stat.shape[-1]
+        per_group = ops.mean(ops.reshape(stat, (-1, self.groups, c // self.groups)), axis=-1, keepdims=True)
+        return ops.reshape(per_group * ops.ones((1, 1, c // self.groups), per_group.dtype), (-1, 1, 1, c))
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        centred = x32 - self._group_average(ops.mean(x32, axis=(1, 2)))
+        variance = self._group_average(ops.mean(ops.square(centred), axis=(1, 2)))
+        scale = ops.rsqrt(variance + self.epsilon) * ops.cast(self.gamma, "float32")
+        return ops.cast(centred * scale + ops.cast(self.beta, "float32"), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups, epsilon=self.epsilon)
+        return config
+
+
 class ConvGNReLU(layers.Layer):
     """3x3 conv (no bias) + GroupNorm + ReLU, the head's repeated unit."""
 
@@ -76,7 +124,7 @@ class ConvGNReLU(layers.Layer):
         self.conv = layers.Conv2D(
             filters, kernel_size, padding="same", use_bias=False, kernel_initializer=_normal_init(), name="conv"
         )
-        self.norm = layers.GroupNormalization(groups=norm_groups, epsilon=1e-5, name="gn")
+        self.norm = GroupNorm(norm_groups, epsilon=1e-5, name="gn")
 
     def build(self, input_shape):
         self.conv.build(input_shape)

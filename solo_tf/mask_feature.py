@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from solo_tf.heads import ConvGNReLU, _normal_init, add_coords
+from solo_tf.heads import ConvGNReLU, GroupNorm, _normal_init, add_coords
 
 
 @keras.saving.register_keras_serializable(package="solo_tf")
@@ -32,7 +32,7 @@ class MaskFeatureHead(layers.Layer):
         self.out_conv = layers.Conv2D(
             mask_channels, 1, use_bias=False, kernel_initializer=_normal_init(), name="out_conv"
         )
-        self.out_norm = layers.GroupNormalization(groups=norm_groups, epsilon=1e-5, name="out_gn")
+        self.out_norm = GroupNorm(norm_groups, epsilon=1e-5, name="out_gn")
 
     def call(self, pyramid):
         fused = None
