@@ -118,6 +118,18 @@ def main():
     t_backbone, t_whole = median_s(backbone_step, args.repeats), median_s(whole, args.repeats)
     print(f"  FLOPs: backbone step {f_backbone / 1e9:.0f} G ({f_backbone / t_backbone / 1e9:.0f} GFLOP/s), "
           f"whole step {f_whole / 1e9:.0f} G ({f_whole / t_whole / 1e9:.0f} GFLOP/s)")
+    # The ceiling: the heads' own convolution (3x3, head_channels in and out) alone, forward
+    # and backward, on the largest grid. The heads are most of the step's FLOPs, so the step
+    # cannot run faster than its FLOPs at this rate.
+    c, grid = m.head_channels, max(m.num_grids)
+    conv = keras.layers.Conv2D(c, 3, padding="same", use_bias=False)
+    feat = tf.random.normal((args.batch, grid, grid, c))
+    conv.build(feat.shape)
+    conv_step = gradient_of(lambda: conv(feat), conv.trainable_variables)
+    f_conv, t_conv = flops(conv_step), median_s(conv_step, max(args.repeats, 5))
+    rate = f_conv / t_conv
+    print(f"  one head conv ({c}->{c} 3x3 on {args.batch}x{grid}x{grid}) alone: {rate / 1e9:.0f} GFLOP/s; the whole "
+          f"step's FLOPs at that rate: {f_whole / rate:.2f} s")
 
 
 if __name__ == "__main__":
