@@ -5,7 +5,9 @@ the backbone alone; backbone + FPN; the whole network (heads and mask branch, no
 whole train step without the optimizer update (targets assigned in the model); and the same
 with the grid targets given, as the tf.data pipeline supplies them. Each part's cost is the
 difference to the previous line. FLOPs come from the TensorFlow profiler on the traced graphs
-(backbone step and whole step), so the FLOP rate of each can be compared.
+(backbone step and whole step), so the FLOP rate of each can be compared. Last, the heads'
+stacked convolutions alone at the model's grid sizes: with the backbone + FPN line, the time
+that only fewer FLOPs or faster convolutions can take away.
 TensorFlow backend. Synthetic batch: 8 rectangles per image (``bench_gpu.synthetic_batch``).
 
     python benchmarks/profile_step.py                                   # SOLOv2-R50, 512x512, batch 2
@@ -118,18 +120,19 @@ def main():
     t_backbone, t_whole = median_s(backbone_step, args.repeats), median_s(whole, args.repeats)
     print(f"  FLOPs: backbone step {f_backbone / 1e9:.0f} G ({f_backbone / t_backbone / 1e9:.0f} GFLOP/s), "
           f"whole step {f_whole / 1e9:.0f} G ({f_whole / t_whole / 1e9:.0f} GFLOP/s)")
-    # The ceiling: the heads' own convolution (3x3, head_channels in and out) alone, forward
-    # and backward, on the largest grid. The heads are most of the step's FLOPs, so the step
-    # cannot run faster than its FLOPs at this rate.
-    c, grid = m.head_channels, max(m.num_grids)
-    conv = keras.layers.Conv2D(c, 3, padding="same", use_bias=False)
-    feat = tf.random.normal((args.batch, grid, grid, c))
-    conv.build(feat.shape)
-    conv_step = gradient_of(lambda: conv(feat), conv.trainable_variables)
-    f_conv, t_conv = flops(conv_step), median_s(conv_step, max(args.repeats, 5))
-    rate = f_conv / t_conv
-    print(f"  one head conv ({c}->{c} 3x3 on {args.batch}x{grid}x{grid}) alone: {rate / 1e9:.0f} GFLOP/s; the whole "
-          f"step's FLOPs at that rate: {f_whole / rate:.2f} s")
+    # What the heads' convolutions alone cost: each level's stacked 3x3 convs (head_channels
+    # in and out, both branches) on a (batch, S, S, C) input, forward and backward (input and
+    # weight gradients, as inside the network). With the backbone + FPN line above, this is
+    # the time no overhead removal can take away at this precision.
+    c, heads_s = m.head_channels, 0.0
+    for grid in m.num_grids:
+        conv = keras.layers.Conv2D(c, 3, padding="same", use_bias=False)
+        feat = tf.Variable(tf.random.normal((args.batch, grid, grid, c)))
+        conv.build(feat.shape)
+        heads_s += 2 * m.stacked_convs * median_s(gradient_of(lambda: conv(feat), conv.trainable_variables + [feat]),
+                                                  max(args.repeats, 5))
+    print(f"  the heads' {2 * m.stacked_convs} stacked {c}->{c} 3x3 convs per level alone, fwd+bwd at grids "
+          f"{tuple(m.num_grids)}: {heads_s:.2f} s")
 
 
 if __name__ == "__main__":
