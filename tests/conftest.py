@@ -48,3 +48,50 @@ def tiny_model_config(variant="solov2", image_size=(64, 64), num_classes=3, **ov
     cfg = ModelConfig(**kw)
     cfg.validate()
     return cfg
+
+
+# --- tiny models trained once per session, shared by test_overfit.py and test_export.py --------
+TINY_CANVAS = (64, 64)
+TINY_CLASS_NAMES = ["circle", "rectangle", "triangle", "ellipse", "star", "ring"]
+TINY_CATEGORY_IDS = [11, 12, 13, 21, 22, 31]  # dataset ids, not 0..5: exported graphs report these
+
+
+def train_tiny(variant, epochs=40):
+    """A tiny model of ``variant`` fitted for ``2 * epochs`` steps (Adam 3e-3, batch 8) on 16
+    shapes images at 64x64, with dataset category ids. Returns ``(model, history)``, the
+    history being Keras's per-epoch means of ``loss``, ``focal_loss`` and ``dice_loss``.
+
+    Its scores spread well above the decoder's thresholds, so the export parity checks run on
+    real detections, not empty slots; its losses are what test_overfit checks."""
+    import keras
+
+    from solo_tf.config import DataConfig, LabelsConfig, PostprocessConfig, ShapesSourceConfig
+    from solo_tf.data.pipeline import prepare, shapes_source
+    from solo_tf.model import SOLO
+
+    cfg = tiny_model_config(variant, image_size=TINY_CANVAS, num_classes=len(TINY_CLASS_NAMES))
+    data = DataConfig(max_instances=6, flip=False, shapes=ShapesSourceConfig(
+        num_train=16, image_size=TINY_CANVAS, max_objects=3, object_size=(0.3, 0.6)))
+    source = shapes_source(data, "train", len(TINY_CLASS_NAMES))
+    images, y = next(iter(prepare(source.records, cfg, data, batch_size=16, training=False)))
+    keras.utils.set_random_seed(0)
+    model = SOLO(cfg, labels_config=LabelsConfig(class_names=TINY_CLASS_NAMES, category_ids=TINY_CATEGORY_IDS),
+                 postprocess_config=PostprocessConfig(nms_pre=100, max_per_img=20))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=35.0))
+    history = model.fit(images.numpy(), {k: v.numpy() for k, v in y.items()}, batch_size=8, epochs=epochs,
+                        verbose=0, shuffle=False)
+    return model, history.history
+
+
+@pytest.fixture(scope="session")
+def tiny_trained():
+    """``tiny_trained(variant) -> (model, history)``: :func:`train_tiny`, once per variant per
+    session. Tests must not change the model (export and predict only)."""
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            cache[variant] = train_tiny(variant)
+        return cache[variant]
+
+    return get

@@ -1,10 +1,12 @@
 """Export (SavedModel for TF Serving, TFLite with builtin ops only, ONNX) and the runners and
 clients in export/, on tiny models trained for a few steps on the shapes data.
 
-Default suite: one SOLOv2, one conversion per format, shared by every test through
-module-scoped fixtures. ``--runslow`` adds the other two variants' parity, the quantised
-TFLite files (fp16 / dynamic / int8 calibrated on the training source), full-size masks,
-another canvas and the mobile presets' op check.
+Default suite: the SOLOv2 conversion per format is shared by the SavedModel / TFLite / ONNX
+tests through module-scoped fixtures; SOLO and Decoupled SOLO are checked for parity in all
+three formats; fp16 and int8 (calibrated on the training source) against fp32; the three
+MobileNetV3 presets' op check. The tiny models are trained once per session (conftest's
+``tiny_trained``, shared with test_overfit.py). ``--runslow`` adds dynamic-range quantisation,
+full-size masks, another canvas and the TFLite conversion of the serving graph.
 """
 
 from __future__ import annotations
@@ -17,45 +19,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_model_config
+from conftest import TINY_CANVAS, TINY_CATEGORY_IDS, TINY_CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORT_DIR = REPO / "export"
 sys.path.insert(0, str(EXPORT_DIR))  # the deployment-side helpers the runners use
 
-CANVAS = (64, 64)
-CLASS_NAMES = ["circle", "rectangle", "triangle", "ellipse", "star", "ring"]
-CATEGORY_IDS = [11, 12, 13, 21, 22, 31]  # dataset ids, not 0..5: the graphs must report these
+CANVAS = TINY_CANVAS
+CLASS_NAMES = TINY_CLASS_NAMES
+CATEGORY_IDS = TINY_CATEGORY_IDS
 
 
 def _post():
     from solo_tf.config import PostprocessConfig
 
     return PostprocessConfig(nms_pre=100, max_per_img=20)
-
-
-# --- a trained tiny model ---------------------------------------------------------------------
-def train_tiny(variant, epochs=40):
-    """A tiny model of ``variant`` fitted for ``2 * epochs`` steps on 16 shapes images: its
-    scores spread well above the decoder's thresholds, so parity is checked on real
-    detections, not empty slots."""
-    import keras
-
-    from solo_tf.config import DataConfig, LabelsConfig, ShapesSourceConfig
-    from solo_tf.data.pipeline import prepare, shapes_source
-    from solo_tf.model import SOLO
-
-    cfg = tiny_model_config(variant, image_size=CANVAS, num_classes=6)
-    data = DataConfig(max_instances=6, flip=False, shapes=ShapesSourceConfig(
-        num_train=16, image_size=CANVAS, max_objects=3, object_size=(0.3, 0.6)))
-    images, y = next(iter(prepare(shapes_source(data, "train", 6).records, cfg, data, batch_size=16, training=False)))
-    keras.utils.set_random_seed(0)
-    model = SOLO(cfg, labels_config=LabelsConfig(class_names=CLASS_NAMES, category_ids=CATEGORY_IDS),
-                 postprocess_config=_post())
-    model.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=35.0))
-    model.fit(images.numpy(), {k: v.numpy() for k, v in y.items()}, batch_size=8, epochs=epochs, verbose=0,
-              shuffle=False)
-    return model
 
 
 def sample_images(count=6, size=CANVAS, seed=0):
@@ -123,10 +101,10 @@ def canvases_of(images):
 
 # --- module fixtures: one model, one conversion per format ------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_trained, tmp_path_factory):
     from solo_tf.io import save_model
 
-    model = train_tiny("solov2")
+    model, _ = tiny_trained("solov2")
     path = tmp_path_factory.mktemp("model") / "model.keras"
     save_model(model, path)
     return model, path
@@ -601,15 +579,17 @@ def test_compare_detections_matches_by_class_score_and_iou():
     assert compare_detections(a, d)["unmatched"] == 1
 
 
-# --- slow: the other variants, quantisation, full-size masks, another canvas, mobile presets ----
-@pytest.mark.slow
+# --- the other variants, quantisation -----------------------------------------------------------
 @pytest.mark.parametrize("variant", ["solo", "decoupled_solo"])
-def test_parity_other_variants(variant, tmp_path):
+def test_parity_other_variants(variant, tiny_trained, tmp_path):
+    """SOLO and Decoupled SOLO (trained tiny models): Keras vs reloaded SavedModel vs TFLite
+    fp32 vs ONNX, as test_parity_keras_saved_model_tflite_onnx does for SOLOv2; every TFLite
+    export also passes the builtin-op check."""
     import tensorflow as tf
 
     from solo_tf.export import export_model
 
-    model = train_tiny(variant)
+    model, _ = tiny_trained(variant)
     post = _post()
     canvases = canvases_of(sample_images())
     reference = keras_detections(model, canvases, post)
@@ -617,6 +597,7 @@ def test_parity_other_variants(variant, tmp_path):
     served = tf.saved_model.load(str(sm.path)).signatures["serving_default"](images=tf.constant(canvases))
     assert_parity(reference, {k: v.numpy() for k, v in served.items()}, post, f"{variant} saved_model")
     tfl = export_model(model, "tflite", tmp_path / "m.tflite")
+    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in tfl.ops), tfl.ops
     assert_parity(reference, run_tflite(tfl.path, canvases), post, f"{variant} tflite")
     onx = export_model(model, "onnx", tmp_path / "m.onnx")
     assert_parity(reference, run_onnx(onx.path, canvases), post, f"{variant} onnx")
@@ -628,8 +609,12 @@ def test_parity_other_variants(variant, tmp_path):
 QUANT_MIN_IOU = {"fp16": 0.98, "dynamic": 0.9, "int8": 0.7}
 
 
-@pytest.mark.slow
-def test_quantised_tflite_agrees_with_fp32(trained, tflite_export, tmp_path):
+@pytest.mark.parametrize("quantize", ["fp16", "int8", pytest.param("dynamic", marks=pytest.mark.slow)])
+def test_quantised_tflite_agrees_with_fp32(quantize, trained, tflite_export, tmp_path):
+    """fp16 / int8 (calibrated on 32 images of the training config's source) / dynamic-range
+    files store their weights in the lower precision and agree with fp32 on held-out images."""
+    from ai_edge_litert.interpreter import Interpreter
+
     from solo_tf.config import Config, DataConfig, ShapesSourceConfig
     from solo_tf.export import export_model, mask_agreement
 
@@ -638,23 +623,21 @@ def test_quantised_tflite_agrees_with_fp32(trained, tflite_export, tmp_path):
     fp32 = run_tflite(tflite_export.path, canvases)
     config = Config(model=model.model_config, data=DataConfig(source="shapes", shapes=ShapesSourceConfig(
         num_train=32, image_size=CANVAS, max_objects=3, object_size=(0.3, 0.6))))
-    for quantize, minimum in QUANT_MIN_IOU.items():
-        result = export_model(model, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize,
-                              calibration=32, config=config)
-        # the weights are stored in the lower precision (on this tiny model graph constants,
-        # not weights, dominate the file, so its size barely moves; on the mobile preset
-        # fp16 / dynamic / int8 are 0.51x / 0.28x / 0.30x of fp32: benchmarks/bench_export.py)
-        from ai_edge_litert.interpreter import Interpreter
-
-        stored = {"fp16": np.float16, "dynamic": np.int8, "int8": np.int8}[quantize]
-        details = Interpreter(model_path=str(result.path)).get_tensor_details()
-        assert sum(d["dtype"] == stored for d in details) >= 8, (quantize, "weights not stored in", stored)
-        out = run_tflite(result.path, canvases)
-        agree = mask_agreement([per_image(fp32, i) for i in range(len(canvases))],
-                               [per_image(out, i) for i in range(len(canvases))])
-        assert agree["count"] >= 10 and agree["mean_iou"] >= minimum, (quantize, agree)
+    result = export_model(model, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize,
+                          calibration=32, config=config)
+    # the weights are stored in the lower precision (on this tiny model graph constants, not
+    # weights, dominate the file, so its size barely moves; on the mobile preset fp16 /
+    # dynamic / int8 are 0.51x / 0.28x / 0.30x of fp32: benchmarks/bench_export.py)
+    stored = {"fp16": np.float16, "dynamic": np.int8, "int8": np.int8}[quantize]
+    details = Interpreter(model_path=str(result.path)).get_tensor_details()
+    assert sum(d["dtype"] == stored for d in details) >= 8, (quantize, "weights not stored in", stored)
+    out = run_tflite(result.path, canvases)
+    agree = mask_agreement([per_image(fp32, i) for i in range(len(canvases))],
+                           [per_image(out, i) for i in range(len(canvases))])
+    assert agree["count"] >= 10 and agree["mean_iou"] >= QUANT_MIN_IOU[quantize], (quantize, agree)
 
 
+# --- slow: full-size masks, another canvas ------------------------------------------------------
 @pytest.mark.slow
 def test_full_size_masks(trained, tmp_path):
     import tensorflow as tf
@@ -712,7 +695,8 @@ def test_export_at_another_canvas_with_float_input(trained, tmp_path):
     np.testing.assert_allclose(out["detection_scores"], reference["detection_scores"], atol=1e-4)
 
 
-@pytest.mark.slow
+# --- the MobileNetV3 presets: builtin ops only, at their own canvas --------------------------------
+# (untrained: the op list does not depend on the weights; one conversion each, ~18 s here)
 @pytest.mark.parametrize("preset", ["solov2_mobile_mnv3l_448", "solov2_light_mnv3l_448",
                                     "decoupled_solo_light_mnv3l_448"])
 def test_mobile_presets_convert_with_builtin_ops(preset, tmp_path):

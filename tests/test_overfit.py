@@ -1,5 +1,7 @@
-"""A tiny SOLOv2 and a tiny SOLO overfit one small shapes batch, on TensorFlow and on JAX
-(Decoupled SOLO on TensorFlow too)."""
+"""Tiny models learn: on TensorFlow each variant's session-shared tiny model (conftest's
+``train_tiny``: 80 steps on 16 shapes images, the models test_export.py exports) more than
+halves its loss; on JAX a tiny SOLOv2 (and, opt-in, SOLO) overfits one small saved batch in a
+fresh process."""
 
 import json
 import os
@@ -39,12 +41,11 @@ def _check(result):
 
 
 @pytest.mark.parametrize("variant", ["solov2", "solo", "decoupled_solo"])
-def test_overfit_tensorflow(variant, shapes_batch):
-    from overfit_case import overfit
-
-    result = overfit(variant, shapes_batch)
-    assert result["backend"] == "tensorflow"
-    _check(result)
+def test_tiny_models_learn_on_tensorflow(variant, tiny_trained):
+    _, history = tiny_trained(variant)
+    assert len(history["loss"]) == 40
+    # Keras's per-epoch means (2 steps each): the first epoch against the last
+    _check({"first": {k: v[0] for k, v in history.items()}, "last": {k: v[-1] for k, v in history.items()}})
 
 
 # SOLO on JAX is opt-in (slow): its decoder is checked against TensorFlow on JAX in
