@@ -2,7 +2,7 @@
 
 Each preset's architecture and post-processing (backbone, pyramid, heads, grids, nms_pre, K)
 is trained on the demo's generated shapes at ``--size`` for ``--steps`` steps with the
-demo's recipe (shapes_demo's data and train sections: AdamW 3e-3, batch 16, the reference
+demo's recipe (shapes_demo's data and train sections: AdamW 6e-3, batch 16, the reference
 schedule shaped to the steps) and scored on the demo's held-out images. Backbones start
 from random weights (no download here), so the absolute AP is below a pretrained run's;
 the comparison between heads is what this measures. Latency: benchmarks/bench_export.py.
