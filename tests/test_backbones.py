@@ -231,6 +231,26 @@ def test_imagenet_is_requested_from_keras_applications(monkeypatch, name, ctor):
     assert sorted(model.output) == ["C2", "C3", "C4", "C5"]
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "resnet18"])
+def test_batchnorm_moving_statistics_follow_the_batch_at_momentum_0_9(name):
+    """Every backbone's BatchNorm, keras.applications' MobileNetV3 (built at 0.999) included,
+    moves its statistics 10% of the way to the batch's per training step, and keeps that
+    momentum through a save and reload."""
+    from solo_tf.backbones import BN_MOMENTUM
+
+    model = build_backbone(name, (64, 64, 3))
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and BN_MOMENTUM == 0.9
+    assert {layer.momentum for layer in norms} == {BN_MOMENTUM}
+    first = norms[0]
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 8, 8, first.input.shape[-1])).astype("float32")
+    first(x, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean), 0.1 * x.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    reloaded = keras.Model.from_config(model.get_config())
+    assert {layer.momentum for layer in reloaded.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+
+
 def test_imagenet_download_failure_is_explained(monkeypatch):
     def offline(**kwargs):
         raise Exception("URL fetch failure")
