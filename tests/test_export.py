@@ -605,8 +605,8 @@ def test_parity_other_variants(variant, tiny_trained, tmp_path):
 
 # Mean IoU of the quantised masks with the fp32 ones (every fp32 detection; 0 when missing).
 # Chosen from measurements on this tiny model (64 px canvas, 16x16 masks, where one cell is
-# 0.4% of the image): fp16 0.999, dynamic 0.97, int8 0.82-0.84.
-QUANT_MIN_IOU = {"fp16": 0.98, "dynamic": 0.9, "int8": 0.7}
+# 0.4% of the image): fp16 0.999, dynamic 0.97, int8 0.95 (backbone and pyramid int8).
+QUANT_MIN_IOU = {"fp16": 0.98, "dynamic": 0.9, "int8": 0.85}
 
 
 @pytest.mark.parametrize("quantize", ["fp16", "int8", pytest.param("dynamic", marks=pytest.mark.slow)])
@@ -627,7 +627,7 @@ def test_quantised_tflite_agrees_with_fp32(quantize, trained, tflite_export, tmp
                           calibration=32, config=config)
     # the weights are stored in the lower precision (on this tiny model graph constants, not
     # weights, dominate the file, so its size barely moves; on the mobile preset fp16 /
-    # dynamic / int8 are 0.51x / 0.28x / 0.30x of fp32: benchmarks/bench_export.py)
+    # dynamic / int8 are 0.51x / 0.28x / 0.29x of fp32: benchmarks/bench_export.py)
     stored = {"fp16": np.float16, "dynamic": np.int8, "int8": np.int8}[quantize]
     details = Interpreter(model_path=str(result.path)).get_tensor_details()
     assert sum(d["dtype"] == stored for d in details) >= 8, (quantize, "weights not stored in", stored)
