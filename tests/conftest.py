@@ -16,7 +16,22 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    # The suite runs on two pytest-xdist workers (pyproject: -n 2 --dist loadgroup). Tests that
+    # share an expensive fixture go to one worker, so it is built once: those of a tiny trained
+    # model (the session fixture below) in a group per variant ("solov2" unless the test is
+    # parametrised by one), the others using a module-scoped fixture in a group per module.
+    for item in items:
+        if "tiny_trained" in getattr(item, "fixturenames", ()):
+            callspec = getattr(item, "callspec", None)
+            variant = callspec.params.get("variant", "solov2") if callspec else "solov2"
+            item.add_marker(pytest.mark.xdist_group(f"tiny_trained_{variant}"))
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d and d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).name))
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: opt in with --runslow")
