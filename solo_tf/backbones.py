@@ -355,7 +355,7 @@ def _application(name, input_shape, imagenet: bool) -> keras.Model:
     # over ~1000 steps, made for fine-tuning ImageNet statistics. Trained from random weights
     # for a few thousand steps its moving statistics stay far from the batch statistics, so
     # inference-mode BatchNorm gives garbage: on the demo's shapes at 128 px the mobile preset
-    # scored mask AP 0.000 after 2000 steps of 16 at 0.999, and 0.300 after 600 at 0.9. The
+    # scored mask AP 0.000 after 2000 steps of 16 at 0.999, and 0.20-0.30 after 600 at 0.9. The
     # ResNets' 0.9 (PyTorch's and mmdet's momentum 0.1) is used for every backbone.
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
