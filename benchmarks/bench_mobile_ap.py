@@ -11,8 +11,11 @@ the comparison between heads is what this measures. Latency: benchmarks/bench_ex
     python benchmarks/bench_mobile_ap.py --presets solov2_mobile_mnv3l_448 --steps 200
     python benchmarks/bench_mobile_ap.py --size 128 --lr 0.0015 --seeds 0 1 --bf16    # another recipe
 
-``--lr`` replaces the demo's 6e-3 for every preset (AdamW's step is per weight, so wide
-256-channel heads move further per step than the demo's 64-channel ones at the same rate);
+``--lr`` replaces the demo's 6e-3 for every preset. The paper's light preset needs it: AdamW's
+step is per weight, so its 256-channel head convs move ~8x further per step than 32-channel
+ones, and at 6e-3 or 1.5e-3 their Dice loss never falls (AP 0, no detection); at 5e-4 they
+learn (the light preset 0.107 at 128 px, 600 steps of 8, where the mobile preset gets 0.061
+at that rate);
 ``--seeds`` repeats each preset with these training seeds (AP at a few hundred steps varies
 from run to run); ``--bf16`` trains in mixed bfloat16 (CPUs with AVX512_BF16 / AMX: ~1.7x
 faster here). Each row also gives the last epoch's loss and how many detections the
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DEFAULT_PRESETS = ["solov2_light_mnv3l_448", "solov2_mobile_mnv3l_448", "decoupled_solo_light_mnv3l_448"]
 
 
-def preset_on_shapes(name, size, num_val, lr=None, seed=None, bf16=False):
+def preset_on_shapes(name, size, num_val, lr=None, seed=None, bf16=False, batch=None):
     """``name``'s model and post-processing with the demo's data, labels and recipe."""
     from solo_tf.config import load_config
 
@@ -56,6 +59,8 @@ def preset_on_shapes(name, size, num_val, lr=None, seed=None, bf16=False):
         cfg.train.seed = seed
     if bf16:
         cfg.train.mixed_precision = "bfloat16"
+    if batch is not None:
+        cfg.train.batch_size = batch
     cfg.validate()
     return cfg
 
@@ -93,6 +98,7 @@ def main():
     p.add_argument("--lr", type=float, help="base learning rate for every preset (default: the demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[None], help="training seeds (default: the demo's)")
     p.add_argument("--bf16", action="store_true", help="train in mixed bfloat16")
+    p.add_argument("--batch", type=int, help="batch size (default: the demo's 16)")
     args = p.parse_args()
 
     import keras
@@ -100,12 +106,13 @@ def main():
     from solo_tf.tasks import evaluate, train
 
     lr = args.lr if args.lr is not None else preset_on_shapes(args.presets[0], args.size, args.num_val).train.base_lr
-    print(f"shapes at {args.size}x{args.size}, {args.steps} steps of 16, held-out {args.num_val}, lr {lr:g}, "
-          f"{'bf16' if args.bf16 else 'f32'}; cpus={os.cpu_count()} keras={keras.__version__}")
+    print(f"shapes at {args.size}x{args.size}, {args.steps} steps of {args.batch or 16}, held-out {args.num_val}, "
+          f"lr {lr:g}, {'bf16' if args.bf16 else 'f32'}; cpus={os.cpu_count()} keras={keras.__version__}")
     print(f"{'preset':<32} {'seed':>4} {'params':>9} {'AP':>6} {'AP50':>6} {'dets':>5} {'loss':>6} "
           f"{'train s':>8} {'s/step':>7}")
     for name, seed in [(n, s) for n in args.presets for s in args.seeds]:
-        cfg = preset_on_shapes(name, args.size, args.num_val, lr=args.lr, seed=seed, bf16=args.bf16)
+        cfg = preset_on_shapes(name, args.size, args.num_val, lr=args.lr, seed=seed, bf16=args.bf16,
+                               batch=args.batch)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.monotonic()
             run = train(cfg, Path(tmp) / "run", total_steps=args.steps, validation=False, keep_checkpoints=1,
