@@ -19,6 +19,7 @@ after the arguments are parsed (``--help`` and ``--version`` need neither).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -233,11 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                         help="show TensorFlow's native log lines (hidden by default)")
 
-    p = argparse.ArgumentParser(prog="solo-tf", description="SOLO / SOLOv2 instance segmentation for Keras 3")
+    # No abbreviated flags: `train --steps 20` would otherwise silently mean --steps-per-epoch.
+    p = argparse.ArgumentParser(prog="solo-tf", description="SOLO / SOLOv2 instance segmentation for Keras 3",
+                                allow_abbrev=False)
     p.add_argument("--verbose", "-v", action="store_true", default=False,
                    help="show TensorFlow's native log lines (hidden by default)")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)
 
     t = sub.add_parser("train", parents=[common], help="train a model from a config (preset name or YAML file)")
     t.add_argument("--config", required=True, help="preset name (e.g. shapes_demo) or path to a YAML file")

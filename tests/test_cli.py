@@ -108,3 +108,12 @@ def test_verbose_is_accepted_before_or_after_the_command(argv, verbose):
     from solo_tf.cli import build_parser
 
     assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_abbreviated_flags_are_rejected_not_guessed():
+    """`train --steps 20` must not silently mean --steps-per-epoch 20 (argparse's prefix match)."""
+    from solo_tf.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--config", "shapes_demo", "--steps", "20"])
+    assert build_parser().parse_args(["train", "--config", "shapes_demo", "--steps-per-epoch", "20"]).steps_per_epoch == 20
