@@ -91,12 +91,10 @@ class ModelConfig:
         return canvases[0]
 
     def validate(self) -> None:
-        # the one list of each, beside what they build (imported here: they import keras)
-        from solo_tf.backbones import BACKBONES
-        from solo_tf.variants import VARIANTS, get_variant
-
-        _one_of("model.variant", self.variant, tuple(VARIANTS))
-        _one_of("model.backbone", self.backbone, BACKBONES)
+        """The section's own checks. The variant and backbone names, and what each variant
+        asks of the rest, are checked where their registries live, when a model is built
+        (:func:`solo_tf.variants.check_model_config`): this module imports nothing of the
+        model."""
         h, w = self.image_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
             raise ConfigError(f"model.image_size must be positive multiples of 32, got {self.image_size}")
@@ -118,7 +116,6 @@ class ModelConfig:
             raise ConfigError(f"model.frozen_stages must be in 0..4, got {self.frozen_stages}")
         if self.fpn_channels % self.norm_groups or self.head_channels % self.norm_groups:
             raise ConfigError("model.fpn_channels and model.head_channels must be divisible by model.norm_groups")
-        get_variant(self).validate()
         if not 0 < self.prior_prob < 1:
             raise ConfigError(f"model.prior_prob must be in (0, 1), got {self.prior_prob}")
         if self.pos_scale <= 0:
@@ -127,17 +124,12 @@ class ModelConfig:
     def _validate_init_weights(self) -> None:
         if self.init_weights is None:
             return
-        from solo_tf.backbones import RESNETS
-
         suffixes = (".pth", ".pt", ".npz", ".safetensors")
         if not isinstance(self.init_weights, str) or not self.init_weights.strip():
             raise ConfigError(f"model.init_weights must be a file path or null, got {self.init_weights!r}")
         if not self.init_weights.endswith(suffixes):
             raise ConfigError(f"model.init_weights {self.init_weights!r} must be a reference checkpoint file "
                               f"({', '.join(suffixes)})")
-        if self.backbone not in RESNETS:
-            raise ConfigError(f"model.init_weights: the reference checkpoints have a ResNet backbone; model.backbone "
-                              f"is {self.backbone!r} (use one of {', '.join(RESNETS)})")
         if self.backbone_weights is not None:
             raise ConfigError("model.init_weights holds the backbone's weights too: set model.backbone_weights "
                               "to null")
@@ -162,7 +154,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights and focal-loss shape (DESIGN.md, Loss)."""
+    """Loss weights and focal-loss shape (docs/DESIGN.md, Loss)."""
 
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -315,12 +307,20 @@ class TrainConfig:
     mixed_precision: bool | str = False
     targets_in: str = "pipeline"  # pipeline (tf.data, TF backend only) | model (compute_loss)
     seed: int = 0
+    # COCO mask and box AP on the validation split every this many epochs (0: never), logged
+    # to history.csv and TensorBoard; the best epoch by mask AP is kept as best.keras
+    val_every: int = 0
+    val_max_images: int | None = None  # evaluate on the first this many validation images (None: all)
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _one_of("train.targets_in", self.targets_in, ("pipeline", "model"))
         _one_of("train.optimizer", self.optimizer, ("sgd", "adamw"))
+        if self.val_every < 0:
+            raise ConfigError(f"train.val_every must be >= 0 (0: no validation AP), got {self.val_every}")
+        if self.val_max_images is not None:
+            _positive("train.val_max_images", self.val_max_images)
         if self.mixed_precision not in (False, True, "float16", "bfloat16"):
             raise ConfigError(f"train.mixed_precision must be false, true, float16 or bfloat16, "
                               f"got {self.mixed_precision!r}")
@@ -334,7 +334,7 @@ class TrainConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Decoder settings (DESIGN.md, inference)."""
+    """Decoder settings (docs/DESIGN.md, inference)."""
 
     score_thr: float = 0.1
     mask_thr: float = 0.5
@@ -506,6 +506,42 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     return Config.from_yaml(preset)
 
 
+def apply_overrides(config: Config, assignments) -> Config:
+    """``KEY=VALUE`` assignments (``solo-tf train --set``) applied to a copy of ``config``.
+
+    ``KEY`` is a dotted path (``train.base_lr``, ``model.image_size``, ``data.coco.train_images``);
+    ``VALUE`` is read as YAML (``0.005``, ``[512, 768]``, ``null``, ``true``, ``adamw``) and
+    then checked exactly as the same value in a YAML file would be.
+
+    Raises:
+        ConfigError: naming the assignment or the key (an unknown key lists the valid ones).
+    """
+    d = config.to_dict()
+    for item in assignments:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.base_lr=0.005")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({e.__class__.__name__})") from None
+        parts = key.split(".")
+        node = d
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"--set: unknown key '{'.'.join(parts[: i + 1])}'"
+                                  + (f"; valid keys: {', '.join(node)}" if isinstance(node, dict) else ""))
+            if node[part] is None:  # an optional section not set yet: fill it from the key
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict) or (node and parts[-1] not in node):
+            raise ConfigError(f"--set: unknown key '{key}'"
+                              + (f"; valid keys: {', '.join(node)}" if isinstance(node, dict) else ""))
+        node[parts[-1]] = value
+    return Config.from_dict(d, "config")
+
+
 def preset_names() -> list[str]:
     return sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
 
@@ -545,6 +581,19 @@ def section_from_dict(cls, d, where):
     for name, value in d.items():
         kwargs[name] = _coerce(hints[name], value, _join(where, name))
     return cls(**kwargs)
+
+
+def as_section(cls, value, where):
+    """The one coercion of a config section: ``value`` as config dataclass ``cls``, from the
+    dataclass itself (returned as it is), its dict form (checked strictly, errors naming
+    ``where.key``) or None (the defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return section_from_dict(cls, dict(value), where)
 
 
 def _join(where, name):

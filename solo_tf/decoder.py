@@ -4,7 +4,7 @@ Naming: B = batch, L = levels, S_l = grid of level l, C = classes, G = sum_l S_l
 n = ``nms_pre`` candidates, K = ``max_per_img`` output slots, (H, W) = padded input size,
 (h, w) = (H/4, W/4), the resolution every mask is judged at (as the reference).
 
-Pipeline (DESIGN.md, Inference): sigmoid category scores; 2x2 local max (the reference
+Pipeline (docs/DESIGN.md, Inference): sigmoid category scores; 2x2 local max (the reference
 ``points_nms``: a cell survives when no up / left / up-left neighbour beats it); all levels
 flattened to G*C (cell, class) pairs; the best n pairs by score (static ``top_k``), those with
 score > ``score_thr`` valid; masks built for those n only, at (h, w), by the variant's
@@ -24,9 +24,13 @@ pairs pass ``score_thr`` (the usual case for 500).
 
 from __future__ import annotations
 
-import numpy as np
-from keras import ops
+import dataclasses
 
+import keras
+import numpy as np
+from keras import layers, ops
+
+from solo_tf.config import ModelConfig, PostprocessConfig, as_section
 from solo_tf.matrix_nms import matrix_nms
 from solo_tf.variants import get_variant, multi_level_flatten, take_slots
 
@@ -247,3 +251,28 @@ def _np_boxes(binary):
         if len(xs):
             boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
     return boxes
+
+
+@keras.saving.register_keras_serializable(package="solo_tf")
+class SOLODecoder(layers.Layer):
+    """Raw head outputs (dict) -> ``detection_masks`` (B, K, H, W), ``detection_scores``
+    (B, K), ``detection_classes`` (B, K), ``detection_boxes`` (B, K, 4),
+    ``num_detections`` (B,), K = ``postprocess.max_per_img``."""
+
+    def __init__(self, model_config, postprocess_config=None, full_size_masks=True, **kwargs):
+        super().__init__(**kwargs)
+        self.full_size_masks = bool(full_size_masks)
+        self.model_config = as_section(ModelConfig, model_config, "model")
+        self.postprocess_config = as_section(PostprocessConfig, postprocess_config, "postprocess")
+
+    def call(self, outputs):
+        return decode(outputs, self.model_config, self.postprocess_config, full_size_masks=self.full_size_masks)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model_config=dataclasses.asdict(self.model_config),
+            postprocess_config=dataclasses.asdict(self.postprocess_config),
+            full_size_masks=self.full_size_masks,
+        )
+        return config

@@ -67,7 +67,8 @@ import tensorflow as tf  # noqa: E402
 
 from solo_tf.config import PostprocessConfig, section_from_dict  # noqa: E402
 from solo_tf.decoder import MASK_STRIDE, decode  # noqa: E402
-from solo_tf.io import atomic_dir, atomic_path, load_model  # noqa: E402
+from solo_tf.io import atomic_dir, atomic_path  # noqa: E402
+from solo_tf.saving import load_model  # noqa: E402
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")

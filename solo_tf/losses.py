@@ -18,7 +18,7 @@ import dataclasses
 import keras
 from keras import layers, ops
 
-from solo_tf.config import LossConfig, ModelConfig, section_from_dict
+from solo_tf.config import LossConfig, ModelConfig, as_section
 from solo_tf.distribute import replica_sum
 from solo_tf.targets import gather_mask_targets, grid_targets, positive_slots, resize_masks
 from solo_tf.variants import get_variant, multi_level_flatten
@@ -46,14 +46,8 @@ class SOLOLoss(layers.Layer):
     def __init__(self, model_config, loss_config=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # never autocast to a mixed-precision dtype
         super().__init__(**kwargs)
-        if not isinstance(model_config, ModelConfig):
-            model_config = section_from_dict(ModelConfig, dict(model_config), "model")
-        if loss_config is None:
-            loss_config = LossConfig()
-        elif not isinstance(loss_config, LossConfig):
-            loss_config = section_from_dict(LossConfig, dict(loss_config), "loss")
-        self.model_config = model_config
-        self.loss_config = loss_config
+        self.model_config = model_config = as_section(ModelConfig, model_config, "model")
+        self.loss_config = as_section(LossConfig, loss_config, "loss")
         self.variant = get_variant(model_config)
         self.built = True  # no weights
 

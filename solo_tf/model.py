@@ -14,31 +14,24 @@ import dataclasses
 import keras
 from keras import layers, ops
 
-from solo_tf.backbones import backbone_input_normalization, build_backbone, freeze_backbone
+from solo_tf.backbones import (
+    backbone_input_normalization,
+    build_backbone,
+    freeze_backbone,
+)
 from solo_tf.config import (
     CONFIG_VERSION,
     LabelsConfig,
     LossConfig,
-    ModelConfig,
     PostprocessConfig,
+    as_section,
     migrate,
-    section_from_dict,
 )
 from solo_tf.decoder import MASK_STRIDE
 from solo_tf.distribute import is_multi_worker, num_replicas
 from solo_tf.fpn import FeaturePyramid
 from solo_tf.losses import SOLOLoss
-from solo_tf.variants import get_variant
-
-
-
-def _section(cls, value, where):
-    """A config section from its dataclass, its dict form or None (the defaults)."""
-    if value is None:
-        value = cls()
-    elif not isinstance(value, cls):
-        value = section_from_dict(cls, dict(value), where)
-    return value
+from solo_tf.variants import check_model_config, get_variant
 
 
 def _apply(parts, variant, images):
@@ -95,13 +88,12 @@ class SOLO(keras.Model):
     """
 
     def __init__(self, model_config, loss_config=None, labels_config=None, postprocess_config=None, **kwargs):
-        cfg = _section(ModelConfig, model_config, "model")
-        cfg.validate()
-        loss_cfg = _section(LossConfig, loss_config, "loss")
+        cfg = check_model_config(model_config)
+        loss_cfg = as_section(LossConfig, loss_config, "loss")
         loss_cfg.validate()
-        labels_cfg = _section(LabelsConfig, labels_config, "labels")
+        labels_cfg = as_section(LabelsConfig, labels_config, "labels")
         labels_cfg.validate(cfg.num_classes)
-        post_cfg = _section(PostprocessConfig, postprocess_config, "postprocess")
+        post_cfg = as_section(PostprocessConfig, postprocess_config, "postprocess")
         post_cfg.validate()
         h, w = cfg.image_size
         variant = get_variant(cfg)
@@ -283,16 +275,6 @@ class SOLO(keras.Model):
         if self.built and self.optimizer is not None and self.optimizer.built:
             return None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def grid_targets(self, y):
-        """Per-level (category, owner) grids of ground truth ``y``, each (B, S, S) int32
-        (:func:`solo_tf.targets.grid_targets`), on the canvas of ``y``'s mask targets."""
-        hw = _static_hw(y["masks"], (2, 3))
-        if hw is None:
-            if len(self.canvases) > 1:
-                raise ValueError(f"{self.name}.grid_targets: the canvas of y['masks'] {y['masks'].shape} is not known")
-            return self.solo_loss.grid_targets(y)
-        return self._loss_for((hw[0] * MASK_STRIDE, hw[1] * MASK_STRIDE)).grid_targets(y)
 
 
 def build_model(config) -> SOLO:

@@ -12,6 +12,9 @@ defined.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import keras
 from keras import ops
 
@@ -207,6 +210,59 @@ def make_steps_optimizer(train: TrainConfig, total_steps: int, fractions=None) -
     return _optimizer(train, schedule)
 
 
+@dataclasses.dataclass
+class RunPlan:
+    """How long a run is and what its schedule follows (:func:`plan_run`).
+
+    ``steps_per_epoch``: steps of one Keras epoch; ``repeat``: the training stream repeats
+    (epochs shorter or longer than one pass over the data); ``total_steps``: the run's exact
+    step count when it is shaped to one, else None; ``budget_schedule``: the decays follow
+    the clock (a time budget alone, :class:`BudgetSchedule`); ``fractions``: where the
+    step decays fall, as fractions of the run (:func:`decay_fractions`).
+    """
+
+    steps_per_epoch: int
+    repeat: bool
+    total_steps: int | None
+    budget_schedule: bool
+    fractions: tuple
+
+
+def plan_run(train: TrainConfig, num_train: int, *, epochs=None, steps_per_epoch=None, total_steps=None,
+             time_budget_s=None) -> RunPlan:
+    """Shape a run: apply the overrides to ``train`` (in place: ``epochs``,
+    ``steps_per_epoch``; a run of ``total_steps`` gets the epochs that hold them) and say how
+    its schedule goes. The decay fractions are the config's own (``decay_epochs`` of
+    ``epochs``), taken before any override, so a run shaped to steps or a time budget
+    decays where the configured one would."""
+    fractions = decay_fractions(train)
+    if epochs is not None:
+        train.epochs = int(epochs)
+    if steps_per_epoch is not None:
+        train.steps_per_epoch = int(steps_per_epoch)
+    steps = train.steps_per_epoch or max(1, int(num_train) // train.batch_size)
+    if total_steps is not None:
+        total_steps = int(total_steps)
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        steps = min(steps, total_steps)
+        train.steps_per_epoch = steps
+        train.epochs = math.ceil(total_steps / steps)
+    train.validate()
+    return RunPlan(steps_per_epoch=steps, repeat=bool(train.steps_per_epoch), total_steps=total_steps,
+                   budget_schedule=time_budget_s is not None and total_steps is None, fractions=fractions)
+
+
+def make_run_optimizer(train: TrainConfig, plan: RunPlan) -> keras.optimizers.Optimizer:
+    """The optimizer of a planned run: its schedule shaped to ``plan.total_steps``, driven by
+    the clock (:class:`BudgetSchedule`), or the configured epochs."""
+    if plan.total_steps is not None:
+        return make_steps_optimizer(train, plan.total_steps, plan.fractions)
+    if plan.budget_schedule:
+        return make_budget_optimizer(train)
+    return make_optimizer(train, plan.steps_per_epoch)
+
+
 def _mmss(seconds):
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
@@ -282,39 +338,6 @@ class LearningRateLogger(keras.callbacks.Callback):
         else:  # a float rate (BudgetSchedule assigns it before every step)
             value = opt.learning_rate
         logs["lr"] = float(ops.convert_to_numpy(value))
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch write the model's weights AND the optimizer's state (moments,
-    iteration count) to ``filepath`` (``{epoch:03d}`` is filled in, 1-based), atomically,
-    so an interrupted run resumes from it (:func:`solo_tf.io.load_checkpoint`). The model
-    file for use (:func:`solo_tf.io.save_model`) carries no optimizer state; these do (so
-    they are 2-3x the weights' size). ``keep``: how many of the files this callback wrote
-    to keep, newest first (None: all)."""
-
-    def __init__(self, filepath, keep=None):
-        super().__init__()
-        self.filepath = str(filepath)
-        if not self.filepath.endswith(".weights.h5"):
-            raise ValueError(f"checkpoint file names must end in .weights.h5, got {self.filepath}")
-        if keep is not None and int(keep) < 1:
-            raise ValueError(f"keep must be >= 1 or None, got {keep}")
-        self.keep = None if keep is None else int(keep)
-        self.written = []
-
-    @property
-    def last(self):
-        return self.written[-1] if self.written else None
-
-    def on_epoch_end(self, epoch, logs=None):
-        from solo_tf.io import save_checkpoint
-
-        path = save_checkpoint(self.model, self.filepath.format(epoch=epoch + 1))
-        if path in self.written:
-            self.written.remove(path)  # a fixed name ("latest") is rewritten in place
-        self.written.append(path)
-        while self.keep is not None and len(self.written) > self.keep:
-            self.written.pop(0).unlink(missing_ok=True)
 
 
 class ProgressReport(keras.callbacks.Callback):

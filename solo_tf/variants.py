@@ -20,7 +20,8 @@ import dataclasses
 
 from keras import ops
 
-from solo_tf.config import ConfigError, ModelConfig, section_from_dict
+from solo_tf.backbones import BACKBONES, RESNETS
+from solo_tf.config import ConfigError, ModelConfig, as_section
 from solo_tf.heads import DecoupledSOLOHead, SOLOHead, SOLOv2Head, level_features
 from solo_tf.mask_feature import MaskFeatureHead
 
@@ -374,10 +375,31 @@ def get_variant(model_config) -> Variant:
     """
     if isinstance(model_config, Variant):
         return model_config
-    if not isinstance(model_config, ModelConfig):
-        model_config = section_from_dict(ModelConfig, dict(model_config), "model")
+    model_config = as_section(ModelConfig, model_config, "model")
     try:
         cls = VARIANTS[model_config.variant]
     except KeyError:
         raise ValueError(f"unknown model variant {model_config.variant!r}; known: {', '.join(VARIANTS)}") from None
     return cls(model_config)
+
+
+def check_model_config(model_config) -> ModelConfig:
+    """A model config checked whole: its own fields (:meth:`ModelConfig.validate`), the
+    variant and backbone names against the registries (:data:`VARIANTS`,
+    :data:`solo_tf.backbones.BACKBONES`) and what the variant asks of the rest. Every model
+    is built through it; ``solo-tf train`` calls it before reading data.
+
+    Raises:
+        ConfigError: naming the field (``model.variant``, ``model.backbone``, ...).
+    """
+    model_config = as_section(ModelConfig, model_config, "model")
+    if model_config.variant not in VARIANTS:
+        raise ConfigError(f"model.variant must be one of {', '.join(VARIANTS)}; got {model_config.variant!r}")
+    if model_config.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES)}; got {model_config.backbone!r}")
+    model_config.validate()
+    if model_config.init_weights is not None and model_config.backbone not in RESNETS:
+        raise ConfigError(f"model.init_weights: the reference checkpoints have a ResNet backbone; model.backbone "
+                          f"is {model_config.backbone!r} (use one of {', '.join(RESNETS)})")
+    get_variant(model_config).validate()
+    return model_config

@@ -21,7 +21,7 @@ def main():
     from conftest import tiny_model_config
     from solo_tf.config import LabelsConfig, PostprocessConfig
     from solo_tf.inference import build_inference_model
-    from solo_tf.io import save_model
+    from solo_tf.saving import save_model
     from solo_tf.model import SOLO
 
     keras.utils.set_random_seed(7)

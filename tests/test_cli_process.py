@@ -111,7 +111,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_at_the_planned_s
     import signal
     import time
 
-    from solo_tf.io import latest_checkpoint
+    from solo_tf.saving import latest_checkpoint
 
     _write_run_inputs(tmp_path, "sgd")
     epochs = 12  # one step each, a checkpoint each: killed at the third, well before the end

@@ -1,7 +1,8 @@
 import pytest
 
 from solo_tf.config import Config, ConfigError, ModelConfig, load_config, preset_names
-from solo_tf.variants import get_variant
+from solo_tf.model import build_model
+from solo_tf.variants import check_model_config, get_variant
 
 PAPER = ["solo_r50", "solov2_r50", "solov2_r101", "solov2_light_r18", "solov2_light_r34", "solov2_light_r50"]
 
@@ -49,9 +50,26 @@ def test_bad_value_is_named(tmp_path):
     path.write_text("model:\n  image_size: [100, 128]\n")
     with pytest.raises(ConfigError, match=r"image_size"):
         Config.from_yaml(path)
+    # names are checked where the registries live, whenever a model is built
     path.write_text("model:\n  variant: solo3\n")
-    with pytest.raises(ConfigError, match=r"model\.variant"):
-        Config.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"model\.variant must be one of solo, decoupled_solo, solov2"):
+        check_model_config(Config.from_yaml(path).model)
+    path.write_text("model:\n  backbone: resnet19\n")
+    with pytest.raises(ConfigError, match=r"model\.backbone must be one of .*resnet18"):
+        build_model(Config.from_yaml(path))
+
+
+def test_config_module_imports_nothing_of_the_model():
+    """config.py is the schema alone: loading a preset imports no Keras and no model module
+    (the import-cycles check in CI guards the rest)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, solo_tf.config as c; c.load_config('solov2_r50'); "
+            "bad = sorted(m for m in sys.modules if m == 'keras' or m.startswith(('solo_tf.variants', 'solo_tf.model', "
+            "'solo_tf.backbones'))); print(bad); sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_mismatched_levels_rejected():

@@ -167,7 +167,7 @@ def test_two_workers_on_localhost_agree_on_the_weights(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
         assert json.loads(out.strip().splitlines()[-1])["steps"] == 3
-    from solo_tf.io import load_model
+    from solo_tf.saving import load_model
 
     chief = load_model(tmp_path / "run" / "model.keras")
     other = load_model(tmp_path / "run" / "worker_1" / "model.keras")

@@ -102,7 +102,7 @@ def canvases_of(images):
 # --- module fixtures: one model, one conversion per format ------------------------------------
 @pytest.fixture(scope="module")
 def trained(tiny_trained, tmp_path_factory):
-    from solo_tf.io import save_model
+    from solo_tf.saving import save_model
 
     model, _ = tiny_trained("solov2")
     path = tmp_path_factory.mktemp("model") / "model.keras"

@@ -10,7 +10,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def test_checked_in_keras_file_loads_and_predicts_the_same():
     from solo_tf.inference import build_inference_model
-    from solo_tf.io import load_model
+    from solo_tf.saving import load_model
 
     model = load_model(DATA / "solov2_tiny_v2.keras")
     expected = np.load(DATA / "solov2_tiny_v2_expected.npz")

@@ -43,7 +43,7 @@ def test_pipeline_grids_give_the_same_loss_as_in_model_assignment(models):
     model = models["solov2"]
     y = one_object_batch()
     out = model(images())
-    grids = model.grid_targets(y)
+    grids = grid_targets(y, model.model_config)
     y_with = dict(y)
     for lvl, (c, o) in enumerate(grids):
         y_with[f"grid_category_{lvl}"] = ops.convert_to_numpy(c)

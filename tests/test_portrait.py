@@ -122,11 +122,15 @@ def test_loss_of_a_batch_whose_canvas_is_known_only_at_run_time_is_the_static_on
     assert relaxed.experimental_get_tracing_count() == 1  # one graph served both canvases
 
     # the pipeline's grid targets (train.targets_in: pipeline) pick the batch's canvas too
+    import dataclasses
+
     from solo_tf.data.grid_targets import add_grid_targets
+    from solo_tf.targets import grid_targets
 
     for images, y in add_grid_targets(ds, cfg):
         plain = {k: v for k, v in y.items() if not k.startswith("grid_")}
-        for lvl, (category, owner) in enumerate(model.grid_targets(plain)):
+        on_canvas = dataclasses.replace(model.model_config, image_size=tuple(images.shape[1:3]))
+        for lvl, (category, owner) in enumerate(grid_targets(plain, on_canvas)):
             np.testing.assert_array_equal(y[f"grid_category_{lvl}"], category)
             np.testing.assert_array_equal(y[f"grid_owner_{lvl}"], owner)
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from solo_tf.config import Config, ConfigError, ModelConfig, section_from_dict
+from solo_tf.variants import check_model_config
 from solo_tf.reference_weights import (
     REFERENCE_COCO_CATEGORY_IDS,
     describe_reference_checkpoint,
@@ -32,9 +33,7 @@ def model_config(variant, **overrides):
               num_grids=GRIDS, head_channels=HEAD, stacked_convs=STACKED, mask_feature_channels=MASK_FEAT,
               mask_channels=E, norm_groups=32)
     kw.update(overrides)
-    cfg = ModelConfig(**kw)
-    cfg.validate()
-    return cfg
+    return check_model_config(ModelConfig(**kw))
 
 
 def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLOCKS, seed=0):

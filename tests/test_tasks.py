@@ -42,7 +42,7 @@ def _images(n=2, size=64, seed=0):
 def test_train_leaves_the_config_alone_and_saves_a_compact_model(tmp_path):
     from keras import ops
 
-    from solo_tf.io import load_model
+    from solo_tf.saving import load_model
     from solo_tf.tasks import train
 
     cfg = _tiny_config(optimizer="adamw")
@@ -98,7 +98,7 @@ def test_total_steps_decays_at_the_configs_fractions_whatever_the_epoch_count(tm
 def test_resume_restores_the_optimizer_state_and_continues(tmp_path):
     from keras import ops
 
-    from solo_tf.io import load_checkpoint
+    from solo_tf.saving import load_checkpoint
     from solo_tf.model import SOLO
     from solo_tf.tasks import train
     from solo_tf.training import make_optimizer
@@ -131,7 +131,7 @@ def test_evaluate_and_predict_take_a_model_file(tmp_path):
     before = copy.deepcopy(cfg)
     model = SOLO(cfg.model)
     path = tmp_path / "m" / "model.keras"
-    from solo_tf.io import save_model
+    from solo_tf.saving import save_model
 
     save_model(model, path)
     metrics = evaluate(path, cfg, metrics_path=tmp_path / "e" / "metrics.json", max_batches=1)
@@ -150,7 +150,7 @@ def test_evaluate_and_predict_take_a_model_file(tmp_path):
 def test_info_describes_a_saved_model(tmp_path, capsys):
     from solo_tf.cli import main
     from solo_tf.config import LabelsConfig
-    from solo_tf.io import save_model
+    from solo_tf.saving import save_model
     from solo_tf.model import SOLO
     from solo_tf.tasks import info
 
