@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from solo_tf import __version__
+from solo_tf.console import log_line as _log
 
 
 # --- a quiet start -------------------------------------------------------------------------------
@@ -77,16 +78,14 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, default=str))
 
 
-def _log(msg) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- commands ----------------------------------------------------------------------------------
 def _cmd_train(args):
     from solo_tf import tasks
-    from solo_tf.config import load_config
+    from solo_tf.config import apply_overrides, load_config
 
     cfg = load_config(args.config)
+    if args.set:
+        cfg = apply_overrides(cfg, args.set)
     cfg.data.skip_bad = cfg.data.skip_bad or args.skip_bad
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
@@ -146,15 +145,13 @@ def _cmd_demo(args):
 
 def _cmd_evaluate(args):
     from solo_tf import tasks
-    from solo_tf.config import load_config
+    from solo_tf.settings import resolve
 
-    model = tasks.load_model(args.model)
-    cfg = tasks.config_for_model(args.model, args.config)
-    cfg.data.skip_bad = cfg.data.skip_bad or args.skip_bad
+    run = resolve(args.model, config=args.config)
+    run.config.data.skip_bad = run.config.data.skip_bad or args.skip_bad
     out = Path(args.out) if args.out else Path(args.model).with_name("eval")
     metrics = tasks.evaluate(
-        model, cfg, data=args.data, images=args.images,
-        postprocess=load_config(args.config).postprocess if args.config else None,
+        run.model, run.config, data=args.data, images=args.images, postprocess=run.postprocess,
         metrics_path=out / "metrics.json", results_path=out / "results.json", max_batches=args.max_batches,
     )
     _log(metrics["table"])
@@ -165,11 +162,8 @@ def _cmd_evaluate(args):
 
 def _cmd_predict(args):
     from solo_tf import tasks
-    from solo_tf.config import load_config
 
-    model = tasks.load_model(args.model)
-    postprocess = load_config(args.config).postprocess if args.config else None
-    res = tasks.predict(model, args.images, args.out, postprocess=postprocess, score_thr=args.score_thr)
+    res = tasks.predict(args.model, args.images, args.out, config=args.config, score_thr=args.score_thr)
     _print_json({"detections": len(res.results), "pictures": res.pictures, "results": str(res.results_path)})
 
 
@@ -245,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", parents=[common], help="train a model from a config (preset name or YAML file)")
     t.add_argument("--config", required=True, help="preset name (e.g. shapes_demo) or path to a YAML file")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="override config fields, values as in YAML: --set train.base_lr=0.005 "
+                        "model.image_size=[512,768] (checked like the YAML; an unknown key is an error)")
     t.add_argument("--epochs", type=int, help="override train.epochs")
     t.add_argument("--steps-per-epoch", type=int, help="override train.steps_per_epoch")
     t.add_argument("--batch-size", type=int, help="override train.batch_size")

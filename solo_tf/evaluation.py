@@ -20,7 +20,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from solo_tf.decoder import decode, resize_bilinear
+from solo_tf.decoder import MASK_STRIDE, decode, resize_bilinear
 from solo_tf.inference import InferenceModels, instances_from_detections
 from solo_tf.io import write_json
 
@@ -161,8 +161,8 @@ def format_metrics(metrics):
 def gt_from_targets(y_masks, y_classes, valid_size, orig_size):
     """Ground truth of one image from the padded training targets.
 
-    The pipeline keeps masks only at stride 4, so the evaluation ground truth is rebuilt
-    from them: (N, H/4, W/4) upsampled bilinearly to the canvas (H, W), cropped to the
+    The pipeline keeps masks only at stride :data:`~solo_tf.decoder.MASK_STRIDE` (4), so the
+    evaluation ground truth is rebuilt from them: (N, H/4, W/4) upsampled bilinearly to the canvas (H, W), cropped to the
     valid region, resized to the original size and thresholded at 0.5. Edges are therefore
     ~2 input pixels coarse; pass ``coco_gt`` to :func:`evaluate_dataset` for exact ground
     truth.
@@ -177,7 +177,7 @@ def gt_from_targets(y_masks, y_classes, valid_size, orig_size):
     vh, vw = (int(v) for v in valid_size)
     if masks.shape[0] == 0:
         return np.zeros((0, oh, ow), bool), classes[real]
-    canvas = resize_bilinear(masks, (masks.shape[1] * 4, masks.shape[2] * 4))[:, :vh, :vw]
+    canvas = resize_bilinear(masks, (masks.shape[1] * MASK_STRIDE, masks.shape[2] * MASK_STRIDE))[:, :vh, :vw]
     return resize_bilinear(canvas, (oh, ow)) > 0.5, classes[real]
 
 

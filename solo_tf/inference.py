@@ -20,41 +20,11 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import ops
 
 from solo_tf import preprocess
-from solo_tf.config import ModelConfig, PostprocessConfig, section_from_dict
-from solo_tf.decoder import decode, postprocess_image
-
-
-@keras.saving.register_keras_serializable(package="solo_tf")
-class SOLODecoder(layers.Layer):
-    """Raw head outputs (dict) -> ``detection_masks`` (B, K, H, W), ``detection_scores``
-    (B, K), ``detection_classes`` (B, K), ``detection_boxes`` (B, K, 4),
-    ``num_detections`` (B,), K = ``postprocess.max_per_img``."""
-
-    def __init__(self, model_config, postprocess_config=None, full_size_masks=True, **kwargs):
-        super().__init__(**kwargs)
-        self.full_size_masks = bool(full_size_masks)
-        self.model_config = (
-            model_config if isinstance(model_config, ModelConfig) else section_from_dict(ModelConfig, model_config, "model")
-        )
-        pc = postprocess_config if postprocess_config is not None else PostprocessConfig()
-        self.postprocess_config = (
-            pc if isinstance(pc, PostprocessConfig) else section_from_dict(PostprocessConfig, pc, "postprocess")
-        )
-
-    def call(self, outputs):
-        return decode(outputs, self.model_config, self.postprocess_config, full_size_masks=self.full_size_masks)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            model_config=dataclasses.asdict(self.model_config),
-            postprocess_config=dataclasses.asdict(self.postprocess_config),
-            full_size_masks=self.full_size_masks,
-        )
-        return config
+from solo_tf.decoder import SOLODecoder, postprocess_image
+from solo_tf.saving import load_model
 
 
 def build_inference_model(model, postprocess_config=None, canvas=None, full_size_masks=True) -> keras.Model:
@@ -95,24 +65,6 @@ class InferenceModels:
     def predict_on_batch(self, canvases):
         canvases = np.asarray(canvases, np.float32)
         return self[canvases.shape[1:3]].predict_on_batch(canvases)
-
-
-def letterbox(image, image_size):
-    """Fit one image into the canvas keeping its aspect ratio: :func:`solo_tf.preprocess.letterbox`
-    (the training pipeline's resize), on the host.
-
-    Args:
-        image: (h, w, 3) uint8 or float RGB.
-        image_size: (H, W) canvas.
-
-    Returns:
-        canvas (H, W, 3) float32 numpy 0-255 padded bottom/right, valid size (h', w'), scale.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image of shape (h, w, 3), got {image.shape}")
-    canvas, valid, scale = preprocess.letterbox(image, image_size)
-    return ops.convert_to_numpy(canvas).astype(np.float32, copy=False), valid, scale
 
 
 def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask_thr: float = 0.5,
@@ -172,8 +124,6 @@ class Predictor:
 
     def __init__(self, model, postprocess_config=None, batch_size=4):
         if isinstance(model, (str, os.PathLike)):
-            from solo_tf.io import load_model
-
             model = load_model(model)
         self.model = model
         self.postprocess_config = postprocess_config or model.postprocess_config
@@ -192,16 +142,22 @@ class Predictor:
         the canvas of its orientation (:meth:`~solo_tf.config.ModelConfig.canvas_for`)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
+        images = [np.asarray(im) for im in images]
+        for i, im in enumerate(images):
+            if im.ndim != 3 or im.shape[-1] != 3:
+                raise ValueError(f"image {i}: expected an RGB image of shape (h, w, 3), got {im.shape}")
         by_canvas = {}  # canvas -> indices of the images letterboxed onto it, in order
         for i, im in enumerate(images):
-            by_canvas.setdefault(self.model.model_config.canvas_for(*np.asarray(im).shape[:2]), []).append(i)
+            by_canvas.setdefault(self.model.model_config.canvas_for(*im.shape[:2]), []).append(i)
         results = [None] * len(images)
         for canvas, indices in by_canvas.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                boxed = [letterbox(images[i], canvas) for i in chunk]
+                # the training pipeline's resize (solo_tf.preprocess.letterbox), on the host
+                boxed = [preprocess.letterbox(images[i], canvas) for i in chunk]
                 found = self.predict_canvases(
-                    np.stack([b[0] for b in boxed]), [b[1] for b in boxed], [np.asarray(images[i]).shape[:2] for i in chunk]
+                    np.stack([ops.convert_to_numpy(b.canvas) for b in boxed]), [b.valid_size for b in boxed],
+                    [images[i].shape[:2] for i in chunk],
                 )
                 for i, inst in zip(chunk, found):
                     results[i] = inst

@@ -119,7 +119,7 @@ def _matrix_nms_batched(masks, labels, scores, kernel, sigma, filter_thr, max_nu
     inter = ops.take_along_axis(inter, _cols(order, n), axis=2)  # (B, n, n)
 
     # Outer sums/equalities through ops.repeat: the broadcasting form does not convert to
-    # TFLite builtins (DESIGN.md).
+    # TFLite builtins (docs/DESIGN.md).
     union = _rows(s_area, n) + _cols(s_area, n) - inter
     iou = inter / ops.maximum(union, 1e-6)
     label_i, label_j = _rows(s_labels, n), _cols(s_labels, n)

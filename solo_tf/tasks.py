@@ -5,7 +5,7 @@ parses arguments, calls these and prints what they return.
 None of them changes the caller's config: each works on a deep copy and returns what it
 used (``TrainResult.config``). Every file goes through :mod:`solo_tf.io` (whole or not at
 all); ``model.keras`` holds no optimizer state and loads in a new process
-(:func:`solo_tf.io.load_model`); the per-epoch checkpoints hold it, for resuming.
+(:func:`solo_tf.saving.load_model`); the per-epoch checkpoints hold it, for resuming.
 
 Run folder written by :func:`train` (and :func:`demo`)::
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import keras
 import numpy as np
 
 from solo_tf.config import Config, load_config
+from solo_tf.console import log_line
+from solo_tf.settings import resolve
 
 DEMO_CONFIG = "shapes_demo"
 DEMO_STEPS = 2500  # the default of `solo-tf demo`: a fixed amount of work, the same result on any machine
@@ -116,49 +117,80 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     Returns:
         :class:`TrainResult`.
     """
-    from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported
-    from solo_tf.data.pipeline import build_datasets
-    from solo_tf.io import latest_checkpoint, load_checkpoint, save_model
+    from solo_tf.distribute import make_strategy, replicas_of, training_scope
     from solo_tf.model import SOLO
-    from solo_tf.training import (
-        BudgetSchedule,
-        EpochCheckpoint,
-        LearningRateLogger,
-        ProgressReport,
-        StepLimit,
-        TimeBudget,
-        decay_fractions,
-        make_budget_optimizer,
-        make_optimizer,
-        make_steps_optimizer,
-        set_precision,
-    )
-
-    from solo_tf.distribute import is_chief, make_strategy, replicas_of, tf_config_task, training_scope
+    from solo_tf.saving import save_model
+    from solo_tf.training import make_run_optimizer
 
     log = log or _log
     cfg = copy.deepcopy(config)
-    out_dir = Path(out_dir)
     dist = make_strategy(strategy)
-    replicas = replicas_of(dist)
+    out_dir = _run_folder(out_dir, strategy, replicas_of(dist), cfg)
+    # --- set-up: data, the run's length and schedule, the model ---
+    train_ds, val_ds, info, plan = _training_data(cfg, strategy, log, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                                  total_steps=total_steps, time_budget_s=time_budget_s)
+    if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
+        raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out_dir / "config.yaml")
+    with training_scope(dist):
+        model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
+        model.compile(optimizer=make_run_optimizer(cfg.train, plan))
+        model.optimizer.build(model.trainable_variables)  # its slots live where the strategy puts them
+    if replicas_of(dist) > 1:
+        log(f"[solo-tf] {strategy}: {replicas_of(dist)} replicas, "
+            f"{cfg.train.batch_size // replicas_of(dist)} images each per step")
+    resume_from, initial_epoch = _resume_or_init(model, cfg, out_dir, resume_from, plan, log)
+    # --- fit ---
+    callbacks, timer, own_report = _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s,
+                                                  keep_checkpoints, verbose, callbacks)
+    history = model.fit(
+        train_ds,
+        epochs=cfg.train.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=plan.steps_per_epoch if plan.repeat else None,
+        validation_data=val_ds if validation and time_budget_s is None else None,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        verbose=0 if (own_report or verbose == 0) else (_fit_verbosity() if verbose is None else verbose),
+    )
+    # --- outputs ---
+    model_path = save_model(model, out_dir / "model.keras")
+    return TrainResult(
+        model=model, history=history.history, config=cfg, out_dir=out_dir, model_path=model_path, info=info,
+        steps=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        stopped_by_budget=bool(timer is not None and timer.stopped_early),
+        bad_records=[log for log in info.get("bad_records", []) if log.total],
+    )
+
+
+def _run_folder(out_dir, strategy, replicas, cfg) -> Path:
+    """The folder this process writes: ``out_dir``, or ``out_dir/worker_<i>`` for a
+    multi-worker run's worker i > 0 (every worker saves, for the collectives; one keeps the run)."""
+    from solo_tf.distribute import is_chief, tf_config_task
+
     if cfg.train.batch_size % replicas:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} (the global batch) must be a multiple of the "
                          f"{replicas} replicas of --strategy {strategy}")
+    out_dir = Path(out_dir)
     if strategy == "multiworker" and not is_chief():
-        out_dir = out_dir / f"worker_{tf_config_task()[1]}"  # every worker saves (collectives); one keeps the run
-    # a run shaped to total_steps or a time budget decays at the config's own fractions of
-    # its schedule (decay_epochs / epochs), whatever epoch count it then runs
-    fractions = decay_fractions(cfg.train)
-    if epochs is not None:
-        cfg.train.epochs = int(epochs)
-    if steps_per_epoch is not None:
-        cfg.train.steps_per_epoch = int(steps_per_epoch)
+        out_dir = out_dir / f"worker_{tf_config_task()[1]}"
+    return out_dir
+
+
+def _training_data(cfg, strategy, log, **shape):
+    """Check ``cfg`` whole, seed, set the precision, build the datasets (labels filled in from
+    the source, grid targets in the pipeline where asked) and plan the run
+    (:func:`solo_tf.training.plan_run` with ``shape``). Returns (train_ds, val_ds, info, plan)."""
+    from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported
+    from solo_tf.data.pipeline import build_datasets
+    from solo_tf.training import plan_run, set_precision
+    from solo_tf.variants import check_model_config
+
     cfg.validate()
-    if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
-        raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
+    check_model_config(cfg.model)
     keras.utils.set_random_seed(cfg.train.seed)
     set_precision(cfg.train)
-
     train_ds, val_ds, info = build_datasets(cfg)
     _fill_labels(cfg, info)
     targets_in = cfg.train.targets_in
@@ -170,50 +202,47 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         train_ds = add_grid_targets(train_ds, cfg.model)
         if val_ds is not None:
             val_ds = add_grid_targets(val_ds, cfg.model)
-
-    one_pass = max(1, info["num_train"] // cfg.train.batch_size)
-    steps = cfg.train.steps_per_epoch or one_pass
-    if total_steps is not None:
-        total_steps = int(total_steps)
-        if total_steps <= 0:
-            raise ValueError(f"total_steps must be > 0, got {total_steps}")
-        steps = min(steps, total_steps)
-        cfg.train.steps_per_epoch = steps
-        cfg.train.epochs = math.ceil(total_steps / steps)
-    if cfg.train.steps_per_epoch:
+    plan = plan_run(cfg.train, info["num_train"], **shape)
+    if plan.repeat:
         train_ds = train_ds.repeat()
     if strategy == "multiworker":
         train_ds, val_ds = (_shard_by_data(d) for d in (train_ds, val_ds))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out_dir / "config.yaml")
+    return train_ds, val_ds, info, plan
 
-    budget_schedule = time_budget_s is not None and total_steps is None
-    with training_scope(dist):
-        model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
-        if total_steps is not None:
-            optimizer = make_steps_optimizer(cfg.train, total_steps, fractions)
-        elif budget_schedule:
-            optimizer = make_budget_optimizer(cfg.train)
-        else:
-            optimizer = make_optimizer(cfg.train, steps)
-        model.compile(optimizer=optimizer)
-        model.optimizer.build(model.trainable_variables)  # its slots live where the strategy puts them
-    if replicas > 1:
-        log(f"[solo-tf] {strategy}: {replicas} replicas, {cfg.train.batch_size // replicas} images each per step")
-    initial_epoch = 0
+
+def _resume_or_init(model, cfg, out_dir, resume_from, plan, log):
+    """Restore a checkpoint (``"latest"``: the newest in ``out_dir/checkpoints``, if any) or,
+    in a fresh run, load ``model.init_weights``. Returns (checkpoint or None, initial epoch)."""
+    from solo_tf.saving import latest_checkpoint, load_checkpoint
+
     if resume_from == "latest":
         resume_from = latest_checkpoint(out_dir / "checkpoints")
         if resume_from is None:
             log(f"[solo-tf] no checkpoint in {out_dir / 'checkpoints'} yet: starting the run")
     if resume_from is not None:
         done = load_checkpoint(model, resume_from)
-        initial_epoch = done // steps
+        initial_epoch = done // plan.steps_per_epoch
         log(f"[solo-tf] resumed from {resume_from}: {done} steps done, continuing at epoch {initial_epoch + 1}")
-    elif cfg.model.init_weights is not None:
+        return resume_from, initial_epoch
+    if cfg.model.init_weights is not None:
         apply_init_weights(model, cfg.model.init_weights, log=log)  # a fresh run only: a resumed one has its own
+    return None, 0
 
-    ckpt_name = "latest.weights.h5" if budget_schedule else "epoch_{epoch:03d}.weights.h5"
-    extra_callbacks = list(callbacks or [])
+
+def _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s, keep_checkpoints, verbose, extra):
+    """The run's own callbacks (learning-rate column, checkpoints, history.csv, TensorBoard,
+    NaN stop, step and time limits, progress lines), then ``extra``. Returns (callbacks,
+    the TimeBudget or None, whether the run reports its own progress lines)."""
+    from solo_tf.saving import EpochCheckpoint
+    from solo_tf.training import (
+        BudgetSchedule,
+        LearningRateLogger,
+        ProgressReport,
+        StepLimit,
+        TimeBudget,
+    )
+
+    ckpt_name = "latest.weights.h5" if plan.budget_schedule else "epoch_{epoch:03d}.weights.h5"
     callbacks = [
         LearningRateLogger(),  # before the CSVLogger: it adds the ``lr`` column
         EpochCheckpoint(out_dir / "checkpoints" / ckpt_name, keep=keep_checkpoints),
@@ -221,40 +250,23 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
         keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
     ]
-    step_limit = timer = None
+    total_steps, steps = plan.total_steps, plan.steps_per_epoch
     if total_steps is not None and total_steps % steps:
-        step_limit = StepLimit(total_steps - initial_epoch * steps)
-        callbacks.append(step_limit)
-    if budget_schedule:
+        callbacks.append(StepLimit(total_steps - initial_epoch * steps))
+    if plan.budget_schedule:
         t = cfg.train
         callbacks.append(BudgetSchedule(t.lr, time_budget_s, t.warmup_iters, t.warmup_ratio, t.decay_factor,
-                                        fractions))
+                                        plan.fractions))
     # runs set in steps or seconds report one line per epoch to stderr themselves (Keras
     # would count epochs, up to 100000 for a budget)
     own_report = (total_steps is not None or time_budget_s is not None) and (verbose is None or verbose > 0)
+    timer = None
     if time_budget_s is not None:
         timer = TimeBudget(time_budget_s, report=own_report and total_steps is None)
         callbacks.append(timer)
     if own_report and total_steps is not None:
         callbacks.append(ProgressReport(total_steps))
-    callbacks += extra_callbacks
-    history = model.fit(
-        train_ds,
-        epochs=cfg.train.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps if cfg.train.steps_per_epoch else None,
-        validation_data=val_ds if validation and time_budget_s is None else None,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (seeded)
-        verbose=0 if (own_report or verbose == 0) else (_fit_verbosity() if verbose is None else verbose),
-    )
-    model_path = save_model(model, out_dir / "model.keras")
-    return TrainResult(
-        model=model, history=history.history, config=cfg, out_dir=out_dir, model_path=model_path, info=info,
-        steps=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-        stopped_by_budget=bool(timer is not None and timer.stopped_early),
-        bad_records=[log for log in info.get("bad_records", []) if log.total],
-    )
+    return callbacks + list(extra or []), timer, own_report
 
 
 def apply_init_weights(model, path, log=None):
@@ -298,27 +310,7 @@ def _fit_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
-# --- models and their configs -----------------------------------------------------------------
-def load_model(path):
-    """A ``.keras`` file written by solo-tf (:func:`solo_tf.io.load_model`)."""
-    from solo_tf.io import load_model as _load
-
-    return _load(path)
-
-
-def config_for_model(model_path, config=None) -> Config:
-    """The config a saved model runs with: ``config`` (a Config, preset name or YAML path) if
-    given, else ``config.yaml`` beside the model, else the defaults. A new object."""
-    if isinstance(config, Config):
-        return copy.deepcopy(config)
-    if config:
-        return load_config(config)
-    beside = Path(model_path).with_name("config.yaml") if model_path is not None else None
-    if beside is not None and beside.is_file():
-        return load_config(beside)
-    return Config()
-
-
+# --- evaluation data ---------------------------------------------------------------------------
 def with_eval_data(config: Config, data, images=None) -> Config:
     """A copy of ``config`` whose validation data is ``data``: a COCO instances JSON (image
     folder ``images``, default ``images/`` beside it, else its folder) or a YAML config /
@@ -337,15 +329,6 @@ def with_eval_data(config: Config, data, images=None) -> Config:
     return cfg
 
 
-def _model_and_config(model, config):
-    """(model, config copy): ``model`` a SOLO or a path; the config from :func:`config_for_model`."""
-    path = None
-    if not isinstance(model, keras.Model):
-        path = Path(model)
-        model = load_model(path)
-    return model, config_for_model(path, config)
-
-
 # --- evaluate -------------------------------------------------------------------------------
 def evaluate(model, config=None, *, data=None, images=None, postprocess=None, metrics_path=None,
              results_path=None, max_batches=None) -> dict:
@@ -353,11 +336,9 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
 
     Args:
         model: a :class:`solo_tf.model.SOLO`, or a path to its ``.keras`` file.
-        config: a Config, preset name or YAML path for the data (default: ``config.yaml``
-            beside a model file, else the defaults). The model's own architecture, labels and
-            post-processing are used whatever the config says.
+        config, postprocess: what the user named for this run; the data, architecture,
+            labels and decoder settings follow :func:`solo_tf.settings.resolve`.
         data, images: evaluate on this instead (see :func:`with_eval_data`).
-        postprocess: decoder settings (default: the ones saved with the model).
         metrics_path, results_path: write the metrics / COCO results JSON there.
         max_batches: stop after this many batches.
 
@@ -368,10 +349,10 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
     from solo_tf.data.pipeline import load_source, prepare
     from solo_tf.evaluation import build_coco_gt, evaluate_dataset, load_coco_gt
 
-    model, cfg = _model_and_config(model, config)
+    run = resolve(model, config=config, postprocess=postprocess)
+    model, cfg = run.model, run.config
     if data is not None:
         cfg = with_eval_data(cfg, data, images)
-    cfg.model, cfg.labels = copy.deepcopy(model.model_config), copy.deepcopy(model.labels_config)
     src = load_source(cfg, "val")
     if src is None or src.num_records == 0:
         raise ValueError(f"data.source={cfg.data.source!r} has no validation split to evaluate on")
@@ -388,7 +369,7 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
             category_ids=category_ids, class_names=cfg.labels.class_names,
         )
     metrics = evaluate_dataset(
-        model, ds, cfg.model, postprocess or model.postprocess_config, category_ids=category_ids,
+        model, ds, cfg.model, run.postprocess, category_ids=category_ids,
         class_names=cfg.labels.class_names, coco_gt=coco_gt, max_batches=max_batches,
         results_path=results_path, metrics_path=metrics_path,
     )
@@ -411,7 +392,7 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
-def predict(model, image_paths, out_dir, *, postprocess=None, score_thr=None) -> PredictResult:
+def predict(model, image_paths, out_dir, *, config=None, postprocess=None, score_thr=None) -> PredictResult:
     """Instances for image files: an overlay PNG per image (``<stem>_pred.png``) and a
     COCO-results JSON (``predictions.json``, RLE masks at each image's size, the model's
     category ids, ``file_name`` added) in ``out_dir``.
@@ -420,7 +401,8 @@ def predict(model, image_paths, out_dir, *, postprocess=None, score_thr=None) ->
         model: a :class:`solo_tf.model.SOLO` or a path to its ``.keras`` file.
         image_paths: image files of any size; all are read (and a bad one reported) first.
         out_dir: output folder (created).
-        postprocess: decoder settings (default: the ones saved with the model).
+        config, postprocess: what the user named for this run; the decoder settings follow
+            :func:`solo_tf.settings.resolve`.
         score_thr: drop instances scored below this from the outputs.
     """
     from solo_tf.evaluation import to_coco_results
@@ -428,12 +410,12 @@ def predict(model, image_paths, out_dir, *, postprocess=None, score_thr=None) ->
     from solo_tf.io import write_json
     from solo_tf.visualize import draw_instances
 
-    if not isinstance(model, keras.Model):
-        model = load_model(model)
+    run = resolve(model, config=config, postprocess=postprocess)
+    model = run.model
     images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(model, postprocess)
+    predictor = Predictor(model, run.postprocess)
     thr = float(score_thr or 0.0)
     results, kept, pictures = [], [], []
     for image_id, (path, image, inst) in enumerate(zip(image_paths, images, predictor.predict(images))):
@@ -511,7 +493,7 @@ def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_v
     log(metrics["table"])
 
     log("solo-tf demo: drawing pictures")
-    pictures = demo_pictures(model, cfg, out_dir)
+    pictures = _demo_pictures(model, cfg, out_dir)
     summary = {
         "mask_ap": metrics["AP"],
         "mask_ap50": metrics["AP50"],
@@ -528,54 +510,17 @@ def demo(out_dir="solo_demo", *, steps=None, minutes=None, num_train=None, num_v
     return summary
 
 
-def demo_pictures(model, cfg: Config, out_dir, num_images=DEMO_PICTURES, score_thr=DEMO_SCORE_THR) -> list:
-    """The demo's pictures of a trained model: ``prediction_<i>.png`` (ground truth beside
-    prediction, held-out images), ``target_grids.png`` (the training targets of the first
-    one) and ``training_curves.png`` (from ``out_dir/history.csv``). Returns their paths."""
+def _demo_pictures(model, cfg: Config, out_dir, num_images=DEMO_PICTURES) -> list:
+    """The demo's pictures (:func:`solo_tf.visualize.demo_pictures`) of held-out images of
+    ``cfg``'s validation split."""
     from solo_tf.data.pipeline import load_source, prepare
-    from solo_tf.inference import Predictor
-    from solo_tf.visualize import draw_comparison, draw_target_grids, plot_training_curves
+    from solo_tf.visualize import demo_pictures
 
-    out_dir = Path(out_dir)
-    names = model.labels_config.names(model.model_config.num_classes)
     val = load_source(cfg, "val")
     records = list(val.records.take(num_images).as_numpy_iterator())
-    predictions = Predictor(model).predict([r["image"] for r in records])
-    pictures = []
-    for i, (r, pred) in enumerate(zip(records, predictions)):
-        path = out_dir / f"prediction_{i}.png"
-        draw_comparison(r["image"], {"masks": r["masks"], "classes": r["classes"]}, pred, names, path,
-                        score_thr=score_thr, title=f"held-out image {int(r['image_id'])}: ground truth | prediction")
-        pictures.append(str(path))
     images, y = next(iter(prepare(val.records.take(1), cfg.model, cfg.data, 1, training=False)))
-    pictures.append(draw_target_grids(images.numpy()[0], target_grid_levels(model, y), out_dir / "target_grids.png",
-                                      class_names=names, title="training targets of held-out image 0"))
-    pictures.append(plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png",
-                                         title=f"{cfg.name}: training curves"))
-    return pictures
-
-
-def target_grid_levels(model, y) -> list:
-    """The grid targets of the first image of ``y`` (the pipeline's padded ground truth) per
-    level, as :func:`solo_tf.visualize.draw_target_grids` takes them."""
-    from keras import ops
-
-    from solo_tf.decoder import MASK_STRIDE
-    from solo_tf.targets import gather_mask_targets, positive_slots, resize_masks
-
-    mc = model.model_config
-    y = {k: v[:1] for k, v in y.items()}
-    canvas = (y["masks"].shape[2] * MASK_STRIDE, y["masks"].shape[3] * MASK_STRIDE)  # either canvas of the model
-    levels = []
-    for lvl, ((category, owner), stride) in enumerate(zip(model.grid_targets(y), model.variant.mask_strides)):
-        size = (canvas[0] // stride, canvas[1] // stride)
-        s = mc.num_grids[lvl]
-        _, owners, pos, _ = positive_slots(owner, s * s)
-        targets = ops.convert_to_numpy(gather_mask_targets(resize_masks(y["masks"], size), owners))[0]
-        n = int(ops.convert_to_numpy(pos).sum())
-        levels.append({"category": ops.convert_to_numpy(category)[0], "owner": ops.convert_to_numpy(owner)[0],
-                       "mask_targets": targets[:n]})
-    return levels
+    return demo_pictures(model, records, (images.numpy()[0], y), Path(out_dir), title=cfg.name,
+                         score_thr=DEMO_SCORE_THR)
 
 
 # --- convert --------------------------------------------------------------------------------
@@ -593,6 +538,8 @@ def convert(images, masks, labels, bboxes, out_dir, *, trust_pickle=False, skip_
 def info(model_path) -> dict:
     """What a saved model is: variant, backbone, input size, classes with their dataset ids,
     post-processing, parameter count, file size."""
+    from solo_tf.saving import load_model
+
     path = Path(model_path)
     model = load_model(path)
     mc, labels = model.model_config, model.labels_config
@@ -616,5 +563,4 @@ def info(model_path) -> dict:
     }
 
 
-def _log(msg):
-    print(msg, file=sys.stderr, flush=True)
+_log = log_line

@@ -384,3 +384,54 @@ def plot_training_curves(history_or_csv, path, title=None):
     fig.suptitle(title or "training curves", fontsize=11, weight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return _save(fig, path)
+
+
+# --- the demo's pictures ---------------------------------------------------------------------------
+def target_grid_levels(model, y) -> list:
+    """The grid targets of the first image of ``y`` (the pipeline's padded ground truth, on
+    either canvas of ``model``) per level, as :func:`draw_target_grids` takes them."""
+    from keras import ops
+
+    from solo_tf.decoder import MASK_STRIDE
+    from solo_tf.targets import gather_mask_targets, grid_targets, positive_slots, resize_masks
+    from solo_tf.variants import get_variant
+
+    y = {k: v[:1] for k, v in y.items()}
+    canvas = (y["masks"].shape[2] * MASK_STRIDE, y["masks"].shape[3] * MASK_STRIDE)  # either canvas of the model
+    variant = get_variant(model.model_config).with_canvas(canvas)
+    mc = variant.model_config
+    levels = []
+    for lvl, ((category, owner), stride) in enumerate(zip(grid_targets(y, mc), variant.mask_strides)):
+        size = (canvas[0] // stride, canvas[1] // stride)
+        s = mc.num_grids[lvl]
+        _, owners, pos, _ = positive_slots(owner, s * s)
+        targets = ops.convert_to_numpy(gather_mask_targets(resize_masks(y["masks"], size), owners))[0]
+        n = int(ops.convert_to_numpy(pos).sum())
+        levels.append({"category": ops.convert_to_numpy(category)[0], "owner": ops.convert_to_numpy(owner)[0],
+                       "mask_targets": targets[:n]})
+    return levels
+
+
+def demo_pictures(model, records, target_example, out_dir, *, title="", score_thr=0.3) -> list:
+    """The demo's pictures of a trained model, in ``out_dir``: ``prediction_<i>.png`` (ground
+    truth beside prediction) for each of ``records`` (source records: ``image``, ``masks``,
+    ``classes``, ``image_id``), ``target_grids.png`` (the training targets of
+    ``target_example``, an (image on the canvas, padded ground truth batch of one) pair) and
+    ``training_curves.png`` (from ``out_dir/history.csv``). Returns their paths."""
+    from solo_tf.inference import Predictor
+
+    out_dir = Path(out_dir)
+    names = model.labels_config.names(model.model_config.num_classes)
+    predictions = Predictor(model).predict([r["image"] for r in records])
+    pictures = []
+    for i, (r, pred) in enumerate(zip(records, predictions)):
+        path = out_dir / f"prediction_{i}.png"
+        draw_comparison(r["image"], {"masks": r["masks"], "classes": r["classes"]}, pred, names, path,
+                        score_thr=score_thr, title=f"held-out image {int(r['image_id'])}: ground truth | prediction")
+        pictures.append(str(path))
+    image, y = target_example
+    pictures.append(draw_target_grids(image, target_grid_levels(model, y), out_dir / "target_grids.png",
+                                      class_names=names, title="training targets of held-out image 0"))
+    pictures.append(plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png",
+                                         title=f"{title}: training curves" if title else "training curves"))
+    return pictures

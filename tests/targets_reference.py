@@ -1,4 +1,4 @@
-"""A plain per-object loop of the reference's grid assignment (DESIGN.md, centre region),
+"""A plain per-object loop of the reference's grid assignment (docs/DESIGN.md, centre region),
 written for reading, not speed: what :func:`solo_tf.targets.assign_grids` computes for
 all objects and images at once. Used by tests/test_targets_loop.py and
 benchmarks/bench_targets.py."""

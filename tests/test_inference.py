@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_model_config
 from solo_tf.config import LabelsConfig, PostprocessConfig
 from solo_tf.model import SOLO
+from solo_tf.preprocess import letterbox
 
 
 def _model(variant="solov2"):
@@ -16,14 +17,15 @@ def _model(variant="solov2"):
 
 
 def test_letterbox_keeps_aspect_and_pads():
-    from solo_tf.inference import letterbox
+    from solo_tf.inference import Predictor
 
     image = np.full((50, 100, 3), 200, np.uint8)
     canvas, valid, scale = letterbox(image, (64, 64))
+    canvas = np.asarray(canvas)
     assert canvas.shape == (64, 64, 3) and valid == (32, 64) and scale == pytest.approx(0.64)
     assert np.allclose(canvas[:32], 200) and np.all(canvas[32:] == 0)
-    with pytest.raises(ValueError, match="RGB"):
-        letterbox(np.zeros((10, 10)), (64, 64))
+    with pytest.raises(ValueError, match="image 1: expected an RGB image"):
+        Predictor(_model("solov2")).predict([image, np.zeros((10, 10))])
 
 
 def test_instances_from_detections_maps_each_image_back_to_its_size():
@@ -70,7 +72,7 @@ def test_predictor_returns_masks_at_original_size(variant):
 def test_predictor_upsampling_the_filled_slots_on_the_host_equals_full_size_masks():
     """Predictor keeps the graph's masks at stride 4 and upsamples only the filled slots, only
     where the image is: the same instances as K full-size masks from the graph."""
-    from solo_tf.inference import Predictor, build_inference_model, instances_from_detections, letterbox
+    from solo_tf.inference import Predictor, build_inference_model, instances_from_detections
 
     post = PostprocessConfig(score_thr=0.0, update_thr=0.0, max_per_img=6, mask_thr=0.5)
     model = _model("solov2")  # untrained, only SOLOv2's masks survive the decoder's area filter
@@ -79,7 +81,7 @@ def test_predictor_upsampling_the_filled_slots_on_the_host_equals_full_size_mask
     got = predictor.predict([image])[0]
     assert predictor.inference_model.output["detection_masks"].shape[2:] == (16, 16)  # stride 4
     canvas, valid, _ = letterbox(image, (64, 64))
-    full = build_inference_model(model, post).predict_on_batch(canvas[None])
+    full = build_inference_model(model, post).predict_on_batch(np.asarray(canvas)[None])
     assert full["detection_masks"].shape[2:] == (64, 64)
     want = instances_from_detections(full, [valid], [image.shape[:2]], mask_thr=0.5)[0]
     assert len(want["scores"]) == len(got["scores"]) > 0

@@ -15,7 +15,6 @@ tf = pytest.importorskip("tensorflow")
 from solo_tf import preprocess  # noqa: E402
 from solo_tf.config import DataConfig, ModelConfig  # noqa: E402
 from solo_tf.data.pipeline import prepare  # noqa: E402
-from solo_tf.inference import letterbox as host_letterbox  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CANVAS = (64, 96)
@@ -98,7 +97,8 @@ def test_bad_sizes_are_refused():
 def test_training_and_inference_preprocessing_give_the_same_tensor(h, w):
     image, masks, _ = image_with_box(h, w)
     images, _, meta = pipeline_batch([(image, masks)])
-    canvas, valid, scale = host_letterbox(image, CANVAS)
+    canvas, valid, scale = preprocess.letterbox(image, CANVAS)
+    canvas = np.asarray(canvas)
     assert tuple(meta["valid_size"][0]) == valid and meta["scale"][0] == np.float32(scale)
     np.testing.assert_array_equal(images[0], canvas)  # the same ops on the same backend: exact
     # and it is the image resized (bilinear, antialiased when it shrinks) top-left on zeros
@@ -122,10 +122,10 @@ def test_a_serving_graph_letterboxes_any_size_onto_the_fixed_canvas():
     for h, w in SIZES:
         image, _, _ = image_with_box(h, w, seed=h)
         canvas, valid, scale = serve(np.stack([image, image[::-1]]))
-        host, host_valid, host_scale = host_letterbox(image, CANVAS)
+        host, host_valid, host_scale = preprocess.letterbox(image, CANVAS)
         assert tuple(valid.numpy()) == host_valid and scale.numpy() == np.float32(host_scale)
-        np.testing.assert_array_equal(canvas[0].numpy(), host)
-        np.testing.assert_array_equal(canvas[1].numpy(), host_letterbox(image[::-1], CANVAS)[0])
+        np.testing.assert_array_equal(canvas[0].numpy(), np.asarray(host))
+        np.testing.assert_array_equal(canvas[1].numpy(), np.asarray(preprocess.letterbox(image[::-1], CANVAS)[0]))
 
 
 def test_multiscale_training_is_the_same_letterbox_at_a_drawn_short_side():
@@ -182,13 +182,13 @@ import tensorflow as tf
 sys.path.insert(0, sys.argv[1])
 from test_preprocess import CANVAS, JAX_SIZES, image_with_box, pipeline_batch
 from solo_tf import preprocess
-from solo_tf.inference import letterbox as host_letterbox
 
 out = {"backend": keras.backend.backend(), "cases": []}
 for h, w in JAX_SIZES:
     image, masks, box = image_with_box(h, w)
     images, y, meta = pipeline_batch([(image, masks)])
-    canvas, valid, scale = host_letterbox(image, CANVAS)
+    canvas, valid, scale = preprocess.letterbox(image, CANVAS)
+    canvas = np.asarray(canvas)
     soft = preprocess.masks_to_image(y["masks"][0, :1].astype("float32"), valid, (h, w), CANVAS)
     back = preprocess.boxes_to_image(y["boxes"][0, :1], valid, (h, w))
     out["cases"].append({

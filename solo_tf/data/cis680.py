@@ -1,6 +1,6 @@
 """The CIS680 SOLO homework format (images/masks h5, labels/bboxes npy) as a record source.
 
-Layout (DESIGN.md, "The seed's own dataset")::
+Layout (docs/DESIGN.md, "The seed's own dataset")::
 
     images h5, key "data":  (N, 3, H, W) uint8, channels-first RGB (H, W = 300, 400)
     masks h5,  key "data":  (total, H, W) 0/1; image i owns the next len(labels[i]) masks
