@@ -153,11 +153,14 @@ def _cmd_evaluate(args):
     metrics = tasks.evaluate(
         run.model, run.config, data=args.data, images=args.images, postprocess=run.postprocess,
         metrics_path=out / "metrics.json", results_path=out / "results.json", max_batches=args.max_batches,
+        plots_dir=out, pictures=args.pictures,
     )
     _log(metrics["table"])
+    _log(metrics["class_table"])
     for summary in metrics["bad_records"]:
         _log(f"solo-tf: {summary}")
-    _print_json({k: v for k, v in metrics.items() if k not in ("table", "bad_records")})
+    _print_json({k: v for k, v in metrics.items()
+                 if k not in ("table", "class_table", "bad_records", "pr", "per_image", "confusion", "per_class")})
 
 
 def _cmd_predict(args):
@@ -274,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "data section (validation split) is used")
     e.add_argument("--images", help="image folder of a --data JSON (default: images/ beside it, else its folder)")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
-    e.add_argument("--out", help="folder for metrics.json and results.json (default: eval/ beside the model)")
+    e.add_argument("--out", help="folder for metrics.json, results.json and the pictures (PR curves, confusion "
+                                 "matrix) (default: eval/ beside the model)")
+    e.add_argument("--pictures", type=int, default=0, metavar="N",
+                   help="also draw the N worst and N best images, ground truth beside prediction")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", parents=[common], help="instance masks for images: overlay PNGs + COCO results JSON")

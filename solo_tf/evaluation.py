@@ -127,35 +127,143 @@ def to_coco_results(image_id, masks, classes, scores, category_ids=None):
     return out
 
 
-def coco_mask_ap(coco_gt, results, verbose=False):
-    """Run COCOeval (segm) and return ``{AP, AP50, AP75, APs, APm, APl}`` (0..1; -1 where
-    the ground truth has no object of that size, as COCO)."""
+def _coco_dt(coco_gt, results):
+    """The results as a pycocotools COCO (boxes from the masks where a result has none)."""
     results = [dict(r) for r in results]  # loadRes adds numpy fields to the dicts it gets
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(results)
-    else:
-        # loadRes rejects an empty list; an empty result set scores 0 wherever there is GT.
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": coco_gt.dataset["images"], "annotations": [],
-                           "categories": coco_gt.dataset["categories"]}
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt.createIndex()
-    ev = COCOeval(coco_gt, coco_dt, "segm")
+            return coco_gt.loadRes(results)
+    # loadRes rejects an empty list; an empty result set scores 0 wherever there is GT.
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": coco_gt.dataset["images"], "annotations": [],
+                       "categories": coco_gt.dataset["categories"]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def coco_eval(coco_gt, results, iou_type="segm", verbose=False, coco_dt=None) -> COCOeval:
+    """COCOeval of ``results`` (``segm``: the masks; ``bbox``: the masks' tight boxes, which
+    pycocotools derives from each result's RLE), evaluated, accumulated and summarised."""
+    coco_dt = _coco_dt(coco_gt, results) if coco_dt is None else coco_dt
+    ev = COCOeval(coco_gt, coco_dt, iou_type)
     ev.params.imgIds = sorted(coco_gt.getImgIds())
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    return ev
+
+
+def coco_mask_ap(coco_gt, results, verbose=False):
+    """Run COCOeval (segm) and return ``{AP, AP50, AP75, APs, APm, APl}`` (0..1; -1 where
+    the ground truth has no object of that size, as COCO)."""
+    return summary_metrics(coco_eval(coco_gt, results, "segm", verbose))
+
+
+def summary_metrics(ev: COCOeval) -> dict:
+    """``{AP, AP50, AP75, APs, APm, APl}`` of an evaluated COCOeval."""
     return {k: float(v) for k, v in zip(METRICS, ev.stats[:6])}
 
 
+def per_class_ap(ev: COCOeval) -> list:
+    """AP (IoU 0.50:0.95) and AP50 of each category of an evaluated COCOeval, all areas, 100
+    detections: ``[{category_id, AP, AP50}]`` in the order of ``ev.params.catIds``; -1 for a
+    category with no ground truth."""
+    precision = ev.eval["precision"]  # (T IoU thresholds, R recall points, K classes, A areas, M max dets)
+    iou50 = int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - 0.5)))
+    out = []
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p50 = p[iou50]
+        out.append({"category_id": int(cid),
+                    "AP": float(p[p > -1].mean()) if (p > -1).any() else -1.0,
+                    "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0})
+    return out
+
+
+def pr_curves(ev: COCOeval) -> dict:
+    """Precision against recall at each IoU threshold of an evaluated COCOeval (all areas,
+    100 detections), averaged over the categories that have ground truth:
+    ``{"recall": (R,), "iou_thresholds": (T,), "precision": (T, R)}`` (-1 where no category
+    reaches that recall)."""
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    valid = precision > -1
+    counts = valid.sum(axis=2)
+    mean = np.where(counts > 0, np.where(valid, precision, 0).sum(axis=2) / np.maximum(counts, 1), -1.0)
+    return {"recall": np.asarray(ev.params.recThrs, float), "iou_thresholds": np.asarray(ev.params.iouThrs, float),
+            "precision": mean}
+
+
+def match_instances(coco_gt, coco_dt, num_classes, category_ids=None, iou_thr=0.5, score_thr=0.3):
+    """Confusion matrix and per-image counts, predictions matched to ground truth by mask IoU.
+
+    Per image, the predictions scored at least ``score_thr`` are taken best first and each
+    is matched to the unmatched (non-crowd) ground-truth object of highest IoU >= ``iou_thr``,
+    whatever the two classes (so a right mask with the wrong class is a confusion, not a
+    miss). Unmatched ground truth is counted as predicted "background", unmatched
+    predictions as background predicted as their class. Predictions on crowd regions
+    (IoU >= ``iou_thr`` with an ``iscrowd`` object) are left out, as COCOeval leaves them.
+
+    Returns:
+        ``{"matrix": (C+1, C+1) int, rows ground truth, columns prediction, index C =
+        background; "per_image": {image_id: {tp, fp, fn, f1}}}``; tp counts matches of the
+        right class.
+    """
+    index_of = ({int(cid): c for c, cid in enumerate(category_ids)} if category_ids is not None
+                else {c + 1: c for c in range(num_classes)})
+    bg = num_classes
+    matrix = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    per_image = {}
+    for iid in sorted(coco_gt.getImgIds()):
+        gts = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[iid]))
+        dts = [d for d in coco_dt.loadAnns(coco_dt.getAnnIds(imgIds=[iid])) if d["score"] >= score_thr]
+        dts.sort(key=lambda d: -d["score"])
+        real = [g for g in gts if not g.get("iscrowd", 0)]
+        crowd = [g for g in gts if g.get("iscrowd", 0)]
+        g_rle = [coco_gt.annToRLE(g) for g in real]
+        d_rle = [d["segmentation"] for d in dts]
+        ious = (np.asarray(mask_utils.iou(d_rle, g_rle, [0] * len(g_rle))).reshape(len(d_rle), len(g_rle))
+                if d_rle and g_rle else np.zeros((len(d_rle), len(g_rle))))
+        on_crowd = np.zeros(len(d_rle), bool)
+        if d_rle and crowd:
+            c_rle = [coco_gt.annToRLE(g) for g in crowd]
+            on_crowd = (np.asarray(mask_utils.iou(d_rle, c_rle, [1] * len(c_rle))).reshape(len(d_rle), -1)
+                        >= iou_thr).any(axis=1)
+        taken = np.zeros(len(g_rle), bool)
+        tp = fp = 0
+        for i, d in enumerate(dts):
+            pc = index_of.get(int(d["category_id"]), bg)
+            cand = np.where(~taken & (ious[i] >= iou_thr))[0] if len(g_rle) else np.zeros(0, int)
+            if len(cand):
+                j = cand[np.argmax(ious[i, cand])]
+                taken[j] = True
+                gc = index_of.get(int(real[j]["category_id"]), bg)
+                matrix[gc, pc] += 1
+                tp += int(gc == pc)
+                fp += int(gc != pc)
+            elif not on_crowd[i]:
+                matrix[bg, pc] += 1
+                fp += 1
+        for j in np.where(~taken)[0]:
+            matrix[index_of.get(int(real[j]["category_id"]), bg), bg] += 1
+        fn = len(real) - tp
+        f1 = 1.0 if len(real) == 0 and tp + fp == 0 else 2 * tp / max(2 * tp + fp + fn, 1)
+        per_image[int(iid)] = {"tp": tp, "fp": fp, "fn": fn, "f1": float(f1), "objects": len(real)}
+    return {"matrix": matrix, "per_image": per_image}
+
+
 def format_metrics(metrics):
-    """A two-line table of the metrics, in percent."""
-    head = " ".join(f"{k:>6}" for k in METRICS)
-    row = " ".join(f"{100 * metrics[k]:6.1f}" if metrics[k] >= 0 else f"{'-':>6}" for k in METRICS)
-    return f"{head}\n{row}"
+    """A table of the metrics in percent: the mask row, and the box row when there is one."""
+    def row(prefix):
+        return " ".join(f"{100 * metrics[prefix + k]:6.1f}" if metrics[prefix + k] >= 0 else f"{'-':>6}"
+                        for k in METRICS)
+
+    lines = ["      " + " ".join(f"{k:>6}" for k in METRICS), "mask  " + row("")]
+    if all(f"box_{k}" in metrics for k in METRICS):
+        lines.append("box   " + row("box_"))
+    return "\n".join(lines)
 
 
 def gt_from_targets(y_masks, y_classes, valid_size, orig_size):
@@ -201,8 +309,8 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         metrics_path: write the metrics (JSON) there, atomically.
 
     Returns:
-        dict of the metrics ``AP`` ... ``APl`` plus ``num_images``, ``num_detections`` and
-        ``table`` (printable).
+        :func:`score_results`'s report plus ``num_images``, ``num_detections``, ``table``
+        and ``class_table`` (printable); ``metrics_path`` gets all but the printable tables.
     """
     if hasattr(model, "model_config"):  # a raw SOLO model: decode inside one compiled graph per canvas
         model = InferenceModels(model, post_config)
@@ -241,12 +349,63 @@ def evaluate_dataset(model, dataset, model_config, post_config, *, category_ids=
         coco_gt = _subset(coco_gt, image_ids)
     if results_path is not None:
         write_json(results_path, results)
-    metrics = coco_mask_ap(coco_gt, results, verbose=verbose)
-    report = dict(metrics, num_images=len(image_ids), num_detections=len(results))
+    report = score_results(coco_gt, results, int(model_config.num_classes), category_ids=category_ids,
+                           class_names=class_names, verbose=verbose)
+    report.update(num_images=len(image_ids), num_detections=len(results))
     if metrics_path is not None:
         write_json(metrics_path, report)
-    report["table"] = format_metrics(metrics)
+    report["table"] = format_metrics(report)
+    report["class_table"] = format_per_class(report["per_class"])
     return report
+
+
+def score_results(coco_gt, results, num_classes, *, category_ids=None, class_names=None, verbose=False,
+                  confusion_iou=0.5, confusion_score=0.3) -> dict:
+    """Everything solo-tf reports about a set of COCO results against their ground truth.
+
+    Returns a JSON-ready dict: the mask metrics ``AP`` ... ``APl`` (0..1, -1 where COCO has
+    none), the same for boxes as ``box_AP`` ... ``box_APl`` (the masks' tight boxes);
+    ``per_class``: per class ``index``, ``name``, ``category_id``, ``gt_instances``, mask
+    ``AP`` / ``AP50`` and ``box_AP`` / ``box_AP50``; ``pr``: mask precision against recall
+    per IoU threshold (:func:`pr_curves`); ``confusion``: ``labels`` (class names and
+    ``background``), ``matrix`` (rows ground truth, columns prediction; matched at mask IoU
+    ``confusion_iou``, predictions scored >= ``confusion_score``, :func:`match_instances`);
+    ``per_image``: ``{image_id: {tp, fp, fn, f1, objects}}`` from the same matching.
+    """
+    coco_dt = _coco_dt(coco_gt, results)
+    segm = coco_eval(coco_gt, results, "segm", verbose, coco_dt=coco_dt)
+    bbox = coco_eval(coco_gt, results, "bbox", False, coco_dt=coco_dt)
+    report = summary_metrics(segm)
+    report.update({f"box_{k}": v for k, v in summary_metrics(bbox).items()})
+    ids = list(category_ids) if category_ids is not None else [c + 1 for c in range(num_classes)]
+    mask_ap = {r["category_id"]: r for r in per_class_ap(segm)}
+    box_ap = {r["category_id"]: r for r in per_class_ap(bbox)}
+    names = [class_names[c] if class_names is not None and c < len(class_names) else str(c)
+             for c in range(num_classes)]
+    report["per_class"] = [
+        {"index": c, "name": names[c], "category_id": int(cid),
+         "gt_instances": len(coco_gt.getAnnIds(catIds=[int(cid)], iscrowd=False)),
+         "AP": mask_ap.get(int(cid), {}).get("AP", -1.0), "AP50": mask_ap.get(int(cid), {}).get("AP50", -1.0),
+         "box_AP": box_ap.get(int(cid), {}).get("AP", -1.0), "box_AP50": box_ap.get(int(cid), {}).get("AP50", -1.0)}
+        for c, cid in enumerate(ids)
+    ]
+    curves = pr_curves(segm)
+    report["pr"] = {k: np.asarray(v).tolist() for k, v in curves.items()}
+    matched = match_instances(coco_gt, coco_dt, num_classes, category_ids, confusion_iou, confusion_score)
+    report["confusion"] = {"labels": names + ["background"], "matrix": matched["matrix"].tolist(),
+                           "iou_thr": confusion_iou, "score_thr": confusion_score}
+    report["per_image"] = {str(k): v for k, v in matched["per_image"].items()}
+    return report
+
+
+def format_per_class(per_class) -> str:
+    """A table of the per-class metrics (percent), one row per class."""
+    width = max([len("class")] + [len(r["name"]) for r in per_class])
+    lines = [f"{'class':<{width}} {'id':>5} {'gt':>6} {'AP':>6} {'AP50':>6} {'boxAP':>6} {'box50':>6}"]
+    for r in per_class:
+        cells = [f"{100 * r[k]:6.1f}" if r[k] >= 0 else f"{'-':>6}" for k in ("AP", "AP50", "box_AP", "box_AP50")]
+        lines.append(f"{r['name']:<{width}} {r['category_id']:>5} {r['gt_instances']:>6} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def _subset(coco_gt, image_ids):

@@ -27,6 +27,7 @@ static shapes. TensorFlow is never imported here.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import keras
@@ -52,22 +53,91 @@ class Letterbox(NamedTuple):
     scale: Any
 
 
-def _backend():
-    """Keras' backend module to run on: TensorFlow's inside a TF graph, else the configured one.
+class _KerasOps:
+    """The array functions letterbox needs, from ``keras.ops`` (any backend, eager or in the
+    TensorFlow backend's graphs)."""
 
-    ``keras.src.utils.backend_utils`` is private, but it is the switch Keras' own ``tf.data``
-    layers use (``keras.src.layers.preprocessing.data_layer.DataLayer``); it is confined here.
-    """
-    from keras.src.utils import backend_utils
+    cast = staticmethod(keras.ops.cast)
+    shape = staticmethod(keras.ops.shape)
+    cond = staticmethod(keras.ops.cond)
+    resize = staticmethod(keras.ops.image.resize)
+    logical_or = staticmethod(keras.ops.logical_or)
+    clip = staticmethod(keras.ops.clip)
+    pad = staticmethod(keras.ops.pad)
+    reshape = staticmethod(keras.ops.reshape)
+    stack = staticmethod(keras.ops.stack)
+    minimum = staticmethod(keras.ops.minimum)
+    maximum = staticmethod(keras.ops.maximum)
+    zeros = staticmethod(keras.ops.zeros)
+    transpose = staticmethod(keras.ops.transpose)
 
-    name = "tensorflow" if backend_utils.in_tf_graph() else keras.backend.backend()
-    return backend_utils.DynamicBackend(name)
+
+class _TFGraphOps:
+    """The same functions on TensorFlow tensors, for a ``tf.data`` / ``tf.function`` graph:
+    under JAX ``keras.ops`` would hand the graph's tensors to JAX, and its ``cond`` is a
+    Keras operation that cannot branch on a graph tensor. Each is the TensorFlow call Keras'
+    own TensorFlow backend makes for it."""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def cast(self, x, dtype):
+        return self.tf.cast(x, dtype)
+
+    def shape(self, x):
+        x = self.tf.convert_to_tensor(x)
+        dynamic = self.tf.shape(x)
+        return tuple(d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list()))
+
+    def cond(self, pred, true_fn, false_fn):
+        return self.tf.cond(pred, true_fn, false_fn)
+
+    def resize(self, x, size, interpolation="bilinear", antialias=False, data_format="channels_last"):
+        if data_format != "channels_last":
+            raise ValueError("letterbox resizes channels_last images only")
+        return self.tf.image.resize(x, size, method=interpolation, antialias=antialias)
+
+    def logical_or(self, a, b):
+        return self.tf.logical_or(a, b)
+
+    def clip(self, x, lo, hi):
+        return self.tf.clip_by_value(x, lo, hi)
+
+    def pad(self, x, pad_width):
+        return self.tf.pad(x, pad_width)
+
+    def reshape(self, x, shape):
+        return self.tf.reshape(x, shape)
+
+    def stack(self, xs, axis=0):
+        return self.tf.stack(xs, axis=axis)
+
+    def minimum(self, a, b):
+        return self.tf.minimum(a, b)
+
+    def maximum(self, a, b):
+        return self.tf.maximum(a, b)
+
+    def zeros(self, shape, dtype="float32"):
+        return self.tf.zeros(shape, dtype)
+
+    def transpose(self, x, axes):
+        return self.tf.transpose(x, axes)
 
 
 def _in_graph() -> bool:
-    from keras.src.utils import backend_utils
+    """Inside a TensorFlow graph (a ``tf.data`` map, a ``tf.function``). TensorFlow is only
+    asked when something has imported it already: this module never imports it."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and tf.inside_function()
 
-    return backend_utils.in_tf_graph()
+
+def _backend():
+    """The array functions to run on: TensorFlow's inside a TF graph (whatever backend Keras
+    runs: the graph's tensors are TensorFlow's), else ``keras.ops``."""
+    if _in_graph():
+        return _TFGraphOps(sys.modules["tensorflow"])
+    return _KerasOps
 
 
 def _as_int(v):
@@ -121,7 +191,7 @@ def letterbox_geometry(image_size, canvas_size, short_side=None, max_long_side=N
         b = _backend()
 
         def as_int(v):
-            return b.core.cast(v, "int64")
+            return b.cast(v, "int64")
 
     def select(cond, a, c):
         # arithmetic, not ops.where: Keras' dtype promotion would narrow int64 under JAX
@@ -150,7 +220,7 @@ def letterbox_geometry(image_size, canvas_size, short_side=None, max_long_side=N
     nw = smaller(larger(_round_half_even_div(w * num, den, select), one), as_int(W))
     if static:
         return (int(nh), int(nw)), float(num) / float(den)
-    cast = b.core.cast
+    cast = b.cast
     scale = cast(cast(num, "float64") / cast(den, "float64"), "float32")
     return (cast(nh, "int32"), cast(nw, "int32")), scale
 
@@ -171,15 +241,15 @@ def letterbox(images, canvas_size, short_side=None, max_long_side=None) -> Lette
         static H, W (C static when the input's is), every value clipped to 0-255.
     """
     b = _backend()
-    shape = b.core.shape(images)
+    shape = b.shape(images)
     if len(shape) not in (3, 4):
         raise ValueError(f"letterbox: expected an image (h, w, C) or a batch (B, h, w, C), got shape {tuple(shape)}")
     H, W = (int(v) for v in canvas_size)
     (nh, nw), scale = letterbox_geometry(shape[-3:-1], (H, W), short_side, max_long_side)
-    x = b.core.cast(images, "float32")
+    x = b.cast(images, "float32")
 
     def resize(antialias):
-        return lambda: b.image.resize(x, (nh, nw), interpolation="bilinear", antialias=antialias,
+        return lambda: b.resize(x, (nh, nw), interpolation="bilinear", antialias=antialias,
                                       data_format="channels_last")
 
     # Antialiasing only when the image shrinks: enlarging, the antialiased kernel is plain
@@ -188,19 +258,19 @@ def letterbox(images, canvas_size, short_side=None, max_long_side=None) -> Lette
     if all(isinstance(v, (int, np.integer)) for v in (h, w, nh, nw)):
         x = resize(nh < h or nw < w)()
     else:
-        shrinks = b.numpy.logical_or(b.core.cast(nh, "int32") < b.core.cast(h, "int32"),
-                                     b.core.cast(nw, "int32") < b.core.cast(w, "int32"))
-        x = b.core.cond(shrinks, resize(True), resize(False))
-    x = b.numpy.clip(x, 0.0, 255.0)
+        shrinks = b.logical_or(b.cast(nh, "int32") < b.cast(h, "int32"),
+                                     b.cast(nw, "int32") < b.cast(w, "int32"))
+        x = b.cond(shrinks, resize(True), resize(False))
+    x = b.clip(x, 0.0, 255.0)
     pad = [[0, H - nh], [0, W - nw], [0, 0]]
-    x = b.numpy.pad(x, [[0, 0]] * (len(shape) - 3) + pad)
+    x = b.pad(x, [[0, 0]] * (len(shape) - 3) + pad)
     # The pad amounts may be dynamic: restate the canvas's static shape.
     channels = shape[-1] if isinstance(shape[-1], int) else -1
     if len(shape) == 3:
-        x = b.numpy.reshape(x, (H, W, channels))
+        x = b.reshape(x, (H, W, channels))
     else:  # one -1 at most: a dynamic batch is -1 unless the channels are dynamic too
         batch = shape[0] if isinstance(shape[0], int) or channels == -1 else -1
-        x = b.numpy.reshape(x, (batch, H, W, channels))
+        x = b.reshape(x, (batch, H, W, channels))
     return Letterbox(x, (nh, nw), scale)
 
 
@@ -218,12 +288,12 @@ def boxes_to_image(boxes, valid_size, image_size):
         clipped to the image ([0, w] x [0, h]).
     """
     b = _backend()
-    f = lambda v: b.core.cast(v, "float32")  # noqa: E731
+    f = lambda v: b.cast(v, "float32")  # noqa: E731
     (nh, nw), (h, w) = valid_size, image_size
     sx, sy = f(w) / f(nw), f(h) / f(nh)
-    factor = b.numpy.stack([sx, sy, sx, sy])
-    limit = b.numpy.stack([f(w), f(h), f(w), f(h)])
-    return b.numpy.minimum(b.numpy.maximum(f(boxes) * factor, 0.0), limit)
+    factor = b.stack([sx, sy, sx, sy])
+    limit = b.stack([f(w), f(h), f(w), f(h)])
+    return b.minimum(b.maximum(f(boxes) * factor, 0.0), limit)
 
 
 def masks_to_image(masks, valid_size, image_size, canvas_size=None):
@@ -242,18 +312,18 @@ def masks_to_image(masks, valid_size, image_size, canvas_size=None):
         antialiasing (``decoder.postprocess_image``'s resize).
     """
     b = _backend()
-    shape = b.core.shape(masks)
+    shape = b.shape(masks)
     if len(shape) not in (3, 4):
         raise ValueError(f"masks_to_image: expected masks (K, h, w) or (B, K, h, w), got shape {tuple(shape)}")
     (nh, nw), (h, w) = valid_size, image_size
     H, W = (int(v) for v in (canvas_size or shape[-2:]))
     if isinstance(shape[-3], int) and shape[-3] == 0:  # no detections: resize rejects 0 channels
-        return b.numpy.zeros((*shape[:-2], _as_int(h), _as_int(w)), "float32")
+        return b.zeros((*shape[:-2], _as_int(h), _as_int(w)), "float32")
     perm = (1, 2, 0) if len(shape) == 3 else (0, 2, 3, 1)
-    x = b.numpy.transpose(b.core.cast(masks, "float32"), perm)  # (..., m_h, m_w, K)
-    resize = lambda v, size: b.image.resize(  # noqa: E731
+    x = b.transpose(b.cast(masks, "float32"), perm)  # (..., m_h, m_w, K)
+    resize = lambda v, size: b.resize(  # noqa: E731
         v, size, interpolation="bilinear", antialias=False, data_format="channels_last")
     if (shape[-2], shape[-1]) != (H, W):
         x = resize(x, (H, W))
     x = resize(x[..., :nh, :nw, :], (h, w))
-    return b.numpy.transpose(x, (2, 0, 1) if len(shape) == 3 else (0, 3, 1, 2))
+    return b.transpose(x, (2, 0, 1) if len(shape) == 3 else (0, 3, 1, 2))

@@ -13,7 +13,10 @@ Run folder written by :func:`train` (and :func:`demo`)::
     out_dir/model.keras                  the trained model, for use (no optimizer state)
     out_dir/checkpoints/epoch_NNN.weights.h5   weights + optimizer state after epoch NNN
                                          (a budgeted run keeps only latest.weights.h5)
-    out_dir/history.csv                  per-epoch losses and learning rate (``lr``)
+    out_dir/history.csv                  per-epoch losses, learning rate (``lr``) and, with
+                                         ``train.val_every``, validation AP (``val_mask_AP`` ...)
+    out_dir/best.keras                   the epoch of the highest validation mask AP (``val_every``)
+    out_dir/results.png                  losses, learning rate and validation AP against epochs
     out_dir/logs/                        TensorBoard
 """
 
@@ -127,10 +130,10 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     dist = make_strategy(strategy)
     out_dir = _run_folder(out_dir, strategy, replicas_of(dist), cfg)
     # --- set-up: data, the run's length and schedule, the model ---
-    train_ds, val_ds, info, plan = _training_data(cfg, strategy, log, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                                  total_steps=total_steps, time_budget_s=time_budget_s)
     if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
         raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
+    train_ds, val_ds, info, plan = _training_data(cfg, strategy, log, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                                  total_steps=total_steps, time_budget_s=time_budget_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out_dir / "config.yaml")
     with training_scope(dist):
@@ -143,7 +146,7 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     resume_from, initial_epoch = _resume_or_init(model, cfg, out_dir, resume_from, plan, log)
     # --- fit ---
     callbacks, timer, own_report = _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s,
-                                                  keep_checkpoints, verbose, callbacks)
+                                                  keep_checkpoints, verbose, callbacks, log, strategy)
     history = model.fit(
         train_ds,
         epochs=cfg.train.epochs,
@@ -156,6 +159,10 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     )
     # --- outputs ---
     model_path = save_model(model, out_dir / "model.keras")
+    if history.history:
+        from solo_tf.visualize import plot_training_curves
+
+        plot_training_curves(out_dir / "history.csv", out_dir / "results.png", title=f"{cfg.name}: losses and AP")
     return TrainResult(
         model=model, history=history.history, config=cfg, out_dir=out_dir, model_path=model_path, info=info,
         steps=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
@@ -229,22 +236,26 @@ def _resume_or_init(model, cfg, out_dir, resume_from, plan, log):
     return None, 0
 
 
-def _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s, keep_checkpoints, verbose, extra):
-    """The run's own callbacks (learning-rate column, checkpoints, history.csv, TensorBoard,
-    NaN stop, step and time limits, progress lines), then ``extra``. Returns (callbacks,
-    the TimeBudget or None, whether the run reports its own progress lines)."""
+def _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s, keep_checkpoints, verbose, extra,
+                   log, strategy):
+    """The run's own callbacks (learning-rate column, validation AP, checkpoints,
+    history.csv, TensorBoard, NaN stop, step and time limits, progress lines), then
+    ``extra``. Returns (callbacks, the TimeBudget or None, whether the run reports its own
+    progress lines)."""
+    from solo_tf.distribute import is_chief
     from solo_tf.saving import EpochCheckpoint
-    from solo_tf.training import (
-        BudgetSchedule,
-        LearningRateLogger,
-        ProgressReport,
-        StepLimit,
-        TimeBudget,
-    )
+    from solo_tf.training import BudgetSchedule, LearningRateLogger, ProgressReport, StepLimit, TimeBudget
 
     ckpt_name = "latest.weights.h5" if plan.budget_schedule else "epoch_{epoch:03d}.weights.h5"
-    callbacks = [
-        LearningRateLogger(),  # before the CSVLogger: it adds the ``lr`` column
+    callbacks = [LearningRateLogger()]  # these two before the CSVLogger and TensorBoard: they add columns
+    if cfg.train.val_every and (strategy != "multiworker" or is_chief()):
+        from solo_tf.validation import ValidationAP
+
+        _, val_ds, coco_gt = evaluation_data(cfg, cfg.train.val_max_images)
+        callbacks.append(ValidationAP(val_ds, coco_gt, cfg.postprocess, every=cfg.train.val_every,
+                                      best_path=out_dir / "best.keras", category_ids=cfg.labels.category_ids,
+                                      class_names=cfg.labels.names(cfg.model.num_classes), log=log))
+    callbacks += [
         EpochCheckpoint(out_dir / "checkpoints" / ckpt_name, keep=keep_checkpoints),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume_from is not None),
         keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"), write_graph=False),
@@ -329,10 +340,38 @@ def with_eval_data(config: Config, data, images=None) -> Config:
     return cfg
 
 
+def evaluation_data(cfg: Config, max_images=None):
+    """The validation split of ``cfg``'s data, ready to score: (the RecordSource, batches
+    ``(images, y, meta)`` of it, the pycocotools ground truth). COCO data is scored against
+    its annotation file itself (crowd regions included); other sources against their own
+    full-resolution masks, not the stride-4 training targets. ``max_images``: the first
+    this many images only."""
+    from solo_tf.data.pipeline import load_source, prepare
+    from solo_tf.evaluation import build_coco_gt, load_coco_gt
+
+    src = load_source(cfg, "val")
+    if src is None or src.num_records == 0:
+        raise ValueError(f"data.source={cfg.data.source!r} has no validation split to evaluate on")
+    records = src.records if max_images is None else src.records.take(int(max_images))
+    ds = prepare(records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
+                 drop_remainder=False)
+    if cfg.data.source == "coco":
+        coco_gt = load_coco_gt(cfg.data.coco.val_annotations)
+    else:
+        coco_gt = build_coco_gt(
+            ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
+              "height": r["image"].shape[0], "width": r["image"].shape[1]}
+             for r in records.as_numpy_iterator()),
+            category_ids=cfg.labels.category_ids, class_names=cfg.labels.class_names,
+        )
+    return src, ds, coco_gt
+
+
 # --- evaluate -------------------------------------------------------------------------------
 def evaluate(model, config=None, *, data=None, images=None, postprocess=None, metrics_path=None,
-             results_path=None, max_batches=None) -> dict:
-    """COCO mask AP of ``model`` on the validation split of the config's data.
+             results_path=None, max_batches=None, plots_dir=None, pictures=0) -> dict:
+    """COCO mask and box AP of ``model`` on the validation split of the config's data, per
+    class too, with the pictures that explain them.
 
     Args:
         model: a :class:`solo_tf.model.SOLO`, or a path to its ``.keras`` file.
@@ -341,41 +380,91 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
         data, images: evaluate on this instead (see :func:`with_eval_data`).
         metrics_path, results_path: write the metrics / COCO results JSON there.
         max_batches: stop after this many batches.
+        plots_dir: write ``pr_curves.png`` and ``confusion_matrix.png`` there.
+        pictures: also write the ``pictures`` worst and best images (by the F1 of their
+            instances matched at IoU 0.5, :func:`solo_tf.evaluation.match_instances`),
+            ground truth beside prediction, as ``plots_dir/worst_<i>.png`` / ``best_<i>.png``.
 
     Returns:
-        the metrics ``AP`` ... ``APl`` (0..1), ``num_images``, ``num_detections``, ``table``
-        (printable) and ``bad_records`` (summaries of the records skipped, ``data.skip_bad``).
+        :func:`solo_tf.evaluation.score_results`'s report (mask ``AP`` ... ``APl``, box
+        ``box_AP`` ..., ``per_class``, ``pr``, ``confusion``, ``per_image``) plus
+        ``num_images``, ``num_detections``, ``table`` and ``class_table`` (printable),
+        ``plots`` (paths written) and ``bad_records`` (summaries of the records skipped,
+        ``data.skip_bad``).
     """
-    from solo_tf.data.pipeline import load_source, prepare
-    from solo_tf.evaluation import build_coco_gt, evaluate_dataset, load_coco_gt
+    from solo_tf.evaluation import evaluate_dataset
 
     run = resolve(model, config=config, postprocess=postprocess)
     model, cfg = run.model, run.config
     if data is not None:
         cfg = with_eval_data(cfg, data, images)
-    src = load_source(cfg, "val")
-    if src is None or src.num_records == 0:
-        raise ValueError(f"data.source={cfg.data.source!r} has no validation split to evaluate on")
-    ds = prepare(src.records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
-                 drop_remainder=False)
+    src, ds, coco_gt = evaluation_data(cfg)
     category_ids = cfg.labels.category_ids
-    if cfg.data.source == "coco":  # score against the annotation file itself (crowd regions included)
-        coco_gt = load_coco_gt(cfg.data.coco.val_annotations)
-    else:  # the source's own full-resolution masks, not the stride-4 training targets
-        coco_gt = build_coco_gt(
-            ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
-              "height": r["image"].shape[0], "width": r["image"].shape[1]}
-             for r in src.records.as_numpy_iterator()),
-            category_ids=category_ids, class_names=cfg.labels.class_names,
-        )
+    names = cfg.labels.names(cfg.model.num_classes)
     metrics = evaluate_dataset(
         model, ds, cfg.model, run.postprocess, category_ids=category_ids,
-        class_names=cfg.labels.class_names, coco_gt=coco_gt, max_batches=max_batches,
+        class_names=names, coco_gt=coco_gt, max_batches=max_batches,
         results_path=results_path, metrics_path=metrics_path,
     )
+    metrics["plots"] = []
+    if plots_dir is not None:
+        from solo_tf.visualize import plot_confusion_matrix, plot_pr_curves
+
+        plots_dir = Path(plots_dir)
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        metrics["plots"] += [plot_pr_curves(metrics["pr"], plots_dir / "pr_curves.png"),
+                             plot_confusion_matrix(metrics["confusion"], plots_dir / "confusion_matrix.png")]
+        if pictures:
+            metrics["plots"] += _worst_and_best(model, ds, coco_gt, metrics["per_image"], int(pictures), plots_dir,
+                                                run.postprocess, names, category_ids, max_batches)
     bad = src.bad_records
     metrics["bad_records"] = [bad.summary()] if bad is not None and bad.total else []
     return metrics
+
+
+def _worst_and_best(model, ds, coco_gt, per_image, n, out_dir, postprocess, names, category_ids, max_batches):
+    """Ground truth beside prediction for the ``n`` worst and ``n`` best images by per-image F1
+    (worst: lowest F1, more objects first; best: highest F1 among images with objects). A
+    second pass over ``ds`` predicts only the batches that hold them."""
+    from PIL import Image
+
+    from solo_tf.inference import Predictor
+    from solo_tf.visualize import draw_comparison
+
+    scored = [(int(i), s) for i, s in per_image.items() if s["objects"] or s["fp"]]
+    worst = sorted(scored, key=lambda x: (x[1]["f1"], -x[1]["objects"], x[0]))[:n]
+    best = sorted([x for x in scored if x[1]["objects"]], key=lambda x: (-x[1]["f1"], -x[1]["objects"], x[0]))[:n]
+    wanted = {}  # image id -> its (kind, rank, counts): an image can be among the worst and the best
+    for kind, chosen in (("worst", worst), ("best", best)):
+        for rank, (iid, s) in enumerate(chosen):
+            wanted.setdefault(iid, []).append((kind, rank, s))
+    predictor = Predictor(model, postprocess)
+    index_of = ({int(cid): c for c, cid in enumerate(category_ids)} if category_ids is not None
+                else {c + 1: c for c in range(len(names))})
+    paths = {}
+    for bi, (images, _, meta) in enumerate(ds.as_numpy_iterator()):
+        if max_batches is not None and bi >= max_batches:
+            break
+        ids = [int(v) for v in meta["image_id"]]
+        if not any(i in wanted for i in ids):
+            continue
+        found = predictor.predict_canvases(images, meta["valid_size"], meta["orig_size"])
+        for k, iid in enumerate(ids):
+            if iid not in wanted:
+                continue
+            (vh, vw), (oh, ow) = meta["valid_size"][k], meta["orig_size"][k]
+            image = np.asarray(Image.fromarray(images[k, :vh, :vw].astype(np.uint8)).resize((int(ow), int(oh)),
+                                                                                           Image.BILINEAR))
+            anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[iid])) if not a.get("iscrowd", 0)]
+            truth = {"masks": np.stack([coco_gt.annToMask(a) for a in anns]) if anns else np.zeros((0, oh, ow)),
+                     "classes": np.asarray([index_of.get(int(a["category_id"]), -1) for a in anns], int)}
+            for kind, rank, s in wanted[iid]:
+                path = out_dir / f"{kind}_{rank}.png"
+                draw_comparison(image, truth, found[k], names, path, score_thr=0.3,
+                                title=f"{kind} {rank + 1}: image {iid}, F1 {s['f1']:.2f} "
+                                      f"(tp {s['tp']}, fp {s['fp']}, fn {s['fn']})")
+                paths[(kind, rank)] = str(path)
+    return [paths[k] for k in sorted(paths)]
 
 
 # --- predict --------------------------------------------------------------------------------

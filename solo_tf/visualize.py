@@ -325,16 +325,20 @@ def lr_steps(lr):
     return out
 
 
+AP_COLUMNS = ("val_mask_AP", "val_mask_AP50", "val_box_AP")  # what ValidationAP logs
+
+
 def plot_training_curves(history_or_csv, path, title=None):
-    """Total, focal and Dice loss per epoch (and their ``val_`` twins when logged), and the
-    learning rate; dotted vertical lines mark the epochs where the learning rate stepped
-    down (from the log's ``lr`` column, :class:`solo_tf.training.LearningRateLogger`).
+    """Total, focal and Dice loss per epoch (and their ``val_`` twins when logged), the
+    learning rate, and the validation AP when the log has it (``train.val_every``,
+    :data:`AP_COLUMNS`); dotted vertical lines mark the epochs where the learning rate
+    stepped down (from the log's ``lr`` column, :class:`solo_tf.training.LearningRateLogger`).
 
     Args:
         history_or_csv: a Keras ``History``, its ``.history`` dict, or a ``CSVLogger`` file
             with columns ``loss``, ``focal_loss``, ``dice_loss`` (optional ``val_*``,
             ``epoch``, ``lr``).
-        path: output PNG, 1600 x 440 pixels (four panels under a title).
+        path: output PNG, 400 pixels wide per panel (four, five with AP) x 440, under a title.
         title: the picture's title (default: "training curves").
     """
     hist = _read_history(history_or_csv)
@@ -345,10 +349,19 @@ def plot_training_curves(history_or_csv, path, title=None):
     epochs = np.asarray(hist.get("epoch", list(range(n))), float) + 1  # 1-based, as Keras prints
     lr = hist.get("lr", hist.get("learning_rate"))
     steps = lr_steps(lr) if lr is not None else []
-    fig = _figure(16, 4.4)
-    for i, key in enumerate(keys + ("lr",)):
-        ax = fig.add_subplot(1, 4, i + 1)
-        if key == "lr":
+    ap_keys = [k for k in AP_COLUMNS if k in hist and not np.all(np.isnan(np.asarray(hist[k], float)))]
+    panels = keys + ("lr",) + (("ap",) if ap_keys else ())
+    fig = _figure(4 * len(panels), 4.4)
+    for i, key in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        if key == "ap":
+            for name in ap_keys:
+                vals = np.asarray(hist[name], float)
+                seen = ~np.isnan(vals)  # epochs without a validation run are empty (train.val_every)
+                ax.plot(epochs[: len(vals)][seen], vals[seen], "-", marker="o", markersize=3, label=name)
+            ax.set_ylim(bottom=0)
+            ax.set_title("validation AP (COCO, 0.50:0.95 unless named)")
+        elif key == "lr":
             if lr is not None:
                 # constant within an epoch up to the step: drawn as steps, centred on the epochs
                 ax.step(epochs[: len(lr)], lr, where="mid", color="tab:green", label="learning rate")
@@ -383,6 +396,64 @@ def plot_training_curves(history_or_csv, path, title=None):
         ax.grid(alpha=0.3)
     fig.suptitle(title or "training curves", fontsize=11, weight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _save(fig, path)
+
+
+# --- evaluation pictures ---------------------------------------------------------------------------
+def plot_pr_curves(pr, path, title=None):
+    """Mask precision against recall at each COCO IoU threshold (0.50 ... 0.95), averaged
+    over the classes with ground truth (:func:`solo_tf.evaluation.pr_curves`; ``pr`` its
+    dict or the ``pr`` entry of ``metrics.json``). The legend gives each curve's AP (the
+    mean precision over the 101 recall points). 800 x 600 pixels."""
+    recall = np.asarray(pr["recall"], float)
+    precision = np.asarray(pr["precision"], float)
+    fig = _figure(8, 6)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = _palette(len(pr["iou_thresholds"]))
+    for t, thr in enumerate(pr["iou_thresholds"]):
+        p = precision[t]
+        shown = p > -1
+        ap = float(p[shown].mean()) if shown.any() else 0.0
+        ax.plot(recall[shown], p[shown], color=colours[t], lw=2.0 if thr in (0.5, 0.75) else 1.0,
+                label=f"IoU {thr:.2f}: AP {100 * ap:.1f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (mean over classes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.set_title(title or "mask precision-recall per IoU threshold", fontsize=11, weight="bold")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(confusion, path, title=None, normalize=True):
+    """The confusion matrix of :func:`solo_tf.evaluation.match_instances` (``confusion``:
+    ``labels`` and ``matrix``, rows ground truth, columns prediction, last = background), as
+    a heat map: each ground-truth row normalised to fractions (``normalize``; the counts are
+    printed in the cells either way). About 100 + 40 x (classes + 1) pixels square."""
+    labels = list(confusion["labels"])
+    m = np.asarray(confusion["matrix"], float)
+    shown = m / np.maximum(m.sum(axis=1, keepdims=True), 1) if normalize else m
+    n = len(labels)
+    side = max(5.0, 1.5 + 0.4 * n)
+    fig = _figure(side + 1.0, side)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(1.0, shown.max()))
+    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels=labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if shown[i, j] > 0.5 * (1 if normalize else shown.max()) else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row" if normalize else "count")
+    what = f"matched at mask IoU {confusion.get('iou_thr', 0.5):g}, score >= {confusion.get('score_thr', 0.3):g}"
+    ax.set_title(title or f"confusion matrix ({what})", fontsize=10, weight="bold")
+    fig.tight_layout()
     return _save(fig, path)
 
 
