@@ -439,7 +439,11 @@ def write(out_dir, meta, rows):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_gpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# bench_gpu: {meta['size']} batch {meta['batch']} {meta['precision']}", "",
-          ", ".join(f"{k}={v}" for k, v in meta.items()), "", table(rows), ""] + [f"- {s}" for s in ratios(rows)]
+          ", ".join(f"{k}={v}" for k, v in meta.items()), "", table(rows), "",
+          ("compile s: first step's (or call's) wall minus a steady one; for the peer, which compiles "
+          "nothing, its first step's warm-up (CUDA, cuDNN, cuBLAS). peak MB/img: the training run's "
+          "peak device memory over the batch (see the script's docstring)."), ""]
+    md += [f"- {s}" for s in ratios(rows)]
     (out_dir / "bench_gpu.md").write_text("\n".join(md) + "\n")
 
 
@@ -488,7 +492,7 @@ def main():
         if args.deadline_s is not None:
             left = args.deadline_s - (time.perf_counter() - start)
             if left < MIN_PART_S:
-                rows.append({"model": name, "part": part, "status": f"skipped: {left:.0f} s left of the deadline"})
+                rows.append({"model": name, "part": part, "status": f"skipped: {max(left, 0):.0f} s left of the deadline"})
                 print(f"[bench_gpu] {name} {part}: {rows[-1]['status']}", flush=True)
                 write(args.out, meta, rows)
                 continue
@@ -501,12 +505,14 @@ def main():
         print(f"[bench_gpu] --- {name} {part} (timeout {timeout:.0f} s, {time.perf_counter() - start:.0f} s into the run)",
               flush=True)
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        # the child stays in this process group: whatever ends this run (the device call's
+        # limit) ends the child too, so no orphan keeps the GPU busy for a next run
+        proc = subprocess.Popen(cmd, env=env)
         try:
             rc = proc.wait(timeout=timeout)
             status = "ok" if rc == 0 else f"failed (exit {rc})"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)  # the child and anything it started
+            proc.kill()
             proc.wait()
             status = f"timed out after {timeout:.0f} s"
         row = {"model": name, "part": part}
