@@ -132,12 +132,11 @@ def _add_export_arguments(p):
 def _cmd_export(args):
     from solo_tf.export import export_model
 
-    kwargs = {} if args.opset is None else {"opset": args.opset}
     result = export_model(
         args.model, args.format, args.out, quantize=args.quantize, image_size=args.image_size,
         calibration=args.calibration, config=args.config, raw_outputs=args.raw_outputs,
         full_size_masks=args.full_size_masks, version=args.version, input_dtype=args.input_dtype,
-        overwrite=args.overwrite, **kwargs,
+        overwrite=args.overwrite, opset=args.opset,
     )
     _print_json({"path": str(result.path), "format": result.format, "quantize": result.quantize,
                  "size_bytes": result.size_bytes, "files": [str(f) for f in result.files]})

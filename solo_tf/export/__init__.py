@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solo_tf.config import PostprocessConfig, section_from_dict
-from solo_tf.export.files import ExportError, ExportResult, check_choice  # noqa: F401 - the API's types
+from solo_tf.export.files import ExportError, ExportResult, check_choice
 from solo_tf.io import load_model
 
 INPUT_DTYPES = ("uint8", "float32")
@@ -135,7 +135,8 @@ def register_format(name, write, *, title=None, folder=False, suffix="", quantiz
     if not name.isidentifier() or name != name.lower():
         raise ExportError(f"an export format's name is a lower-case identifier, got {name!r}")
     if name in FORMATS:
-        raise ExportError(f"export format {name!r} is already registered (by {FORMATS[name].write.__module__})")
+        owner = getattr(FORMATS[name].write, "__module__", None) or "another module"
+        raise ExportError(f"export format {name!r} is already registered (by {owner})")
     if not folder and not suffix.startswith("."):
         raise ExportError(f"export format {name!r}: give folder=True or a file suffix such as '.{name}'")
     quantizations = tuple(quantizations)
