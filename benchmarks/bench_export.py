@@ -122,7 +122,7 @@ def backbone_tflite(model, work):
     import keras
     import tensorflow as tf
 
-    from solo_tf.export import convert_tflite
+    from solo_tf.export.tflite import convert_tflite
 
     h, w = model.model_config.image_size
     backbone = model.get_layer("backbone")
@@ -152,7 +152,8 @@ def build(name, overrides=None):
 
 
 def measure_config(name, quantizations, repeats, formats):
-    from solo_tf.export import ExportOptions, export_model, write_tflite
+    from solo_tf.export import ExportOptions, export_model
+    from solo_tf.export.tflite import write_tflite
 
     model, post = build(name)
     h, w = model.model_config.image_size
@@ -190,7 +191,8 @@ def print_rows(rows):
 
 
 def sweep(base, repeats, points=None):
-    from solo_tf.export import ExportOptions, write_tflite
+    from solo_tf.export import ExportOptions
+    from solo_tf.export.tflite import write_tflite
 
     print(f"sweep over {base} (fp32, LiteRT {THREADS} threads)")
     print(f"{'design point':<52} {'MB':>6} {'network wall/cpu':>17} {'full wall/cpu':>15}")
@@ -240,7 +242,9 @@ def tiny_variants(repeats):
 
     from solo_tf.data.shapes import ShapesGenerator
     from solo_tf.decoder import decode
-    from solo_tf.export import ExportOptions, compare_detections, export_model, mask_agreement, write_tflite
+    from solo_tf.export import ExportOptions, export_model
+    from solo_tf.export.tflite import write_tflite
+    from solo_tf.parity import compare_detections, mask_agreement
     from solo_tf.preprocess import letterbox
 
     gen = ShapesGenerator(image_size=(64, 64), max_objects=3, seed=0, min_size=0.3, max_size=0.6)

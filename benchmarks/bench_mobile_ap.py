@@ -72,7 +72,8 @@ def int8_agreement(model, cfg, work, count=40):
     from ai_edge_litert.interpreter import Interpreter
 
     from solo_tf.data.pipeline import load_source
-    from solo_tf.export import export_model, mask_agreement
+    from solo_tf.export import export_model
+    from solo_tf.parity import mask_agreement
     from solo_tf.preprocess import letterbox
 
     fp32 = export_model(model, "tflite", work / "fp32.tflite")

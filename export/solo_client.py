@@ -10,7 +10,7 @@ Runtime process, or a TF Serving client only needs to
    :func:`instances_from_outputs`;
 4. draw / save them: :func:`draw_overlay`, :func:`write_results`.
 
-The contract of the outputs (names, shapes, the letterbox) is ``solo_tf/export.py``'s module
+The contract of the outputs (names, shapes, the letterbox) is ``solo_tf/export/__init__.py``'s module
 docstring, and the ``*.json`` description written beside every export.
 """
 

@@ -99,12 +99,17 @@ def _cmd_train(args):
 
 
 def _add_export_arguments(p):
-    # declared here, not in solo_tf.export, which imports TensorFlow: `solo-tf --help` stays
-    # instant and quiet; export_model validates the values again for Python callers
+    # the formats are solo_tf.export's registry, which imports neither Keras nor TensorFlow
+    # until a model is exported: `solo-tf --help` stays instant and quiet
+    from solo_tf.export import FORMATS, quantizations
+
     p.add_argument("--model", required=True, help="a model.keras written by train or demo")
-    p.add_argument("--format", required=True, choices=("saved_model", "tflite", "onnx"))
-    p.add_argument("--quantize", default="none", choices=("none", "fp16", "dynamic", "int8"),
-                   help="TFLite: none (fp32), fp16, dynamic (int8 weights) or int8 (calibrated)")
+    p.add_argument("--format", required=True, choices=tuple(FORMATS),
+                   help="; ".join(f"{name}: {fmt.help or fmt.title}" for name, fmt in FORMATS.items()))
+    takers = ", ".join(f"{fmt.name} {'/'.join(fmt.quantizations[1:])}" for fmt in FORMATS.values()
+                       if len(fmt.quantizations) > 1)
+    p.add_argument("--quantize", default="none", choices=quantizations(),
+                   help=f"none (float32) or a lower precision for the formats that take one: {takers}")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="network canvas of the export, multiples of 32 (default: the model's)")
     p.add_argument("--out", help="SavedModel base path (writes OUT/<version>/) or the .tflite/.onnx file "
@@ -126,12 +131,11 @@ def _add_export_arguments(p):
 def _cmd_export(args):
     from solo_tf.export import export_model
 
-    kwargs = {} if args.opset is None else {"opset": args.opset}
     result = export_model(
         args.model, args.format, args.out, quantize=args.quantize, image_size=args.image_size,
         calibration=args.calibration, config=args.config, raw_outputs=args.raw_outputs,
         full_size_masks=args.full_size_masks, version=args.version, input_dtype=args.input_dtype,
-        overwrite=args.overwrite, **kwargs,
+        overwrite=args.overwrite, opset=args.opset,
     )
     _print_json({"path": str(result.path), "format": result.format, "quantize": result.quantize,
                  "size_bytes": result.size_bytes, "files": [str(f) for f in result.files]})
@@ -291,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--score-thr", type=float, default=0.3, help="drop detections below this score in the output")
     r.set_defaults(func=_cmd_predict)
 
-    x = sub.add_parser("export", parents=[common],
-                       help="export for TF Serving (SavedModel), LiteRT (TFLite, builtin ops) or ONNX Runtime")
+    x = sub.add_parser("export", parents=[common], help="export the model with its decoder as a SavedModel "
+                                                        "(TF Serving), TFLite (LiteRT), ONNX or a registered format")
     _add_export_arguments(x)
     x.set_defaults(func=_cmd_export)
 

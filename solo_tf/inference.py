@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
@@ -27,19 +26,26 @@ from solo_tf.decoder import SOLODecoder, postprocess_image
 from solo_tf.saving import load_model
 
 
-def build_inference_model(model, postprocess_config=None, canvas=None, full_size_masks=True) -> keras.Model:
-    """One graph: images (B, H, W, 3) RGB 0-255 -> fixed-size detections.
+def build_inference_model(model, postprocess_config=None, canvas=None, full_size_masks=True,
+                          raw_outputs=False) -> keras.Model:
+    """One graph: images (B, H, W, 3) RGB 0-255 -> fixed-size detections; the one way to
+    put a network on a canvas (Predictor, evaluation and every export format build theirs here).
 
-    ``canvas`` (H, W): one of ``model.canvases`` (default ``model.image_size``; the
-    transposed canvas of a model with ``model.portrait_canvas``). ``full_size_masks=False``:
+    ``canvas`` (H, W): default ``model.image_size``; one of ``model.canvases`` (the
+    transposed canvas of a model with ``model.portrait_canvas``) runs that canvas's graph;
+    any other (positive multiples of 32) a graph of the model's own layers on it, every
+    weight shared (:meth:`solo_tf.model.SOLO.graph_on`). ``full_size_masks=False``:
     ``detection_masks`` stay at stride 4, (B, K, H/4, W/4) (:func:`instances_from_detections`
-    upsamples the filled slots alone)."""
+    upsamples the filled slots alone). ``raw_outputs=True``: the raw head outputs, no
+    decoder (``postprocess_config`` and ``full_size_masks`` unused)."""
     canvas = tuple(int(v) for v in (model.canvases[0] if canvas is None else canvas))
-    graph = model.graph_for(canvas)  # raises for a canvas the model does not have
+    graph = model.graph_on(canvas)
     images = keras.Input(shape=(*canvas, 3), name="images")
-    config = dataclasses.replace(model.model_config, image_size=canvas)
-    detections = SOLODecoder(config, postprocess_config, full_size_masks, name="decoder")(graph(images))
     suffix = "" if canvas == tuple(model.canvases[0]) else f"_{canvas[0]}x{canvas[1]}"
+    if raw_outputs:
+        return keras.Model(images, graph(images), name=f"{model.name}_raw{suffix}")
+    config = model.variant.with_canvas(canvas).model_config
+    detections = SOLODecoder(config, postprocess_config, full_size_masks, name="decoder")(graph(images))
     return keras.Model(images, detections, name=f"{model.name}_inference{suffix}")
 
 

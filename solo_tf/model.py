@@ -42,13 +42,20 @@ def _apply(parts, variant, images):
 
 
 class _CanvasGraphs:
-    """The graphs (and losses) of a model's further canvases, by canvas (H, W).
+    """The graphs (and losses) of a model's further canvases, by canvas (H, W), and the
+    layers (``parts``) and variant they are built from.
 
     A plain object, so Keras does not track the graphs as sub-models: their layers and
     weights are the model's own, saved once under the model's graph."""
 
-    def __init__(self):
+    def __init__(self, parts, variant):
+        self.parts, self.variant = parts, variant
         self.graphs, self.losses = {}, {}
+
+    def build(self, canvas, name):
+        """The model's layers on a canvas (H, W): a functional graph sharing every weight."""
+        images = keras.Input(shape=(*canvas, 3), name="images")
+        return keras.Model(images, _apply(self.parts, self.variant.with_canvas(canvas), images), name=name)
 
     def add(self, canvas, graph, loss):
         self.graphs[tuple(canvas)] = graph
@@ -106,6 +113,8 @@ class SOLO(keras.Model):
         # a backbone serving two canvases takes any size (each graph still has static shapes)
         backbone_shape = (h, w, 3) if len(canvases) == 1 else (None, None, 3)
         parts["backbone"] = build_backbone(cfg.backbone, backbone_shape, weights=cfg.backbone_weights)
+        # the graph of any other canvas applies it too (graph_on: export at another size)
+        parts["backbone"].input_spec = layers.InputSpec(ndim=4, axes={-1: 3})
         # the reference's norm_eval / frozen_stages (on by default for a pretrained backbone)
         freeze_backbone(parts["backbone"], cfg.effective_norm_eval, cfg.effective_frozen_stages)
         parts["fpn"] = FeaturePyramid(cfg.fpn_channels, name="fpn")
@@ -117,12 +126,11 @@ class SOLO(keras.Model):
         super().__init__(inputs=images, outputs=_apply(parts, variant, images), **kwargs)
         # the transposed canvas: the same layers on a second input, a graph kept out of
         # Keras' tracking (its weights are this model's; it is rebuilt from the config on load)
-        self._canvas_graphs = _CanvasGraphs()
+        self._canvas_graphs = _CanvasGraphs(parts, variant)
         for canvas in canvases[1:]:
-            other = variant.with_canvas(canvas)
-            images_t = keras.Input(shape=(*canvas, 3), name="images")
-            graph = keras.Model(images_t, _apply(parts, other, images_t), name=f"{self.name}_{canvas[0]}x{canvas[1]}")
-            self._canvas_graphs.add(canvas, graph, SOLOLoss(other.model_config, loss_cfg, name="solo_loss_t"))
+            graph = self._canvas_graphs.build(canvas, name=f"{self.name}_{canvas[0]}x{canvas[1]}")
+            loss = SOLOLoss(variant.with_canvas(canvas).model_config, loss_cfg, name="solo_loss_t")
+            self._canvas_graphs.add(canvas, graph, loss)
         if len(canvases) > 1:
             self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
 
@@ -155,6 +163,16 @@ class SOLO(keras.Model):
             return self._canvas_graphs.graphs[canvas]
         raise ValueError(f"{self.name}: no graph for a {canvas[0]}x{canvas[1]} canvas; the model's canvases are "
                          f"{[f'{a}x{b}' for a, b in self.canvases]} (model.image_size, model.portrait_canvas)")
+
+    def graph_on(self, canvas):
+        """The network on any canvas (H, W), positive multiples of 32: :meth:`graph_for` one
+        of the model's canvases; for another, a new graph of the model's own layers (every
+        weight shared, nothing copied, nothing saved with the model). Through
+        :func:`solo_tf.inference.build_inference_model`, export's ``image_size``."""
+        canvas = tuple(int(v) for v in canvas)
+        if canvas in {tuple(c) for c in self.canvases}:
+            return self.graph_for(canvas)
+        return self._canvas_graphs.build(canvas, name=f"{self.name}_{canvas[0]}x{canvas[1]}")
 
     def _loss_for(self, canvas):
         return self.solo_loss if canvas == tuple(self.canvases[0]) else self._canvas_graphs.losses[canvas]

@@ -118,8 +118,12 @@ class Variant:
         raise NotImplementedError
 
     def with_canvas(self, image_size):
-        """The same variant for another canvas (H, W) (its level and mask sizes)."""
-        return type(self)(dataclasses.replace(self.model_config, image_size=tuple(int(v) for v in image_size)))
+        """The same variant for another canvas (H, W), positive multiples of 32 (its level
+        and mask sizes): the one place a model config is moved to another canvas."""
+        size = tuple(int(v) for v in image_size)
+        if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
+            raise ValueError(f"a canvas must be two positive multiples of 32 (H, W), got {tuple(image_size)}")
+        return type(self)(dataclasses.replace(self.model_config, image_size=size))
 
     @property
     def mask_strides(self):

@@ -63,7 +63,7 @@ def per_image(outputs, i):
 
 def assert_parity(reference, outputs, post, what):
     """Same classes, scores within 1e-3, mask IoU >= 0.99 for every matched detection."""
-    from solo_tf.export import compare_detections
+    from solo_tf.parity import compare_detections
 
     n = len(reference["num_detections"])
     matched = 0
@@ -129,7 +129,8 @@ def loaded(saved_model):
 def tflite_export(trained, tmp_path_factory):
     """Exported through the CLI (``solo-tf export``, in process), from model.keras."""
     from solo_tf import cli
-    from solo_tf.export import ExportResult, tflite_ops
+    from solo_tf.export import ExportResult
+    from solo_tf.export.tflite import tflite_ops
 
     _, path = trained
     out = tmp_path_factory.mktemp("tflite") / "solo.tflite"
@@ -290,7 +291,8 @@ def test_raw_outputs_export_the_head_logits(trained, tmp_path):
 def test_tflite_has_builtin_ops_only_and_the_check_names_a_flex_op(tflite_export):
     import tensorflow as tf
 
-    from solo_tf.export import ExportError, check_builtin_ops, tflite_ops
+    from solo_tf.export import ExportError
+    from solo_tf.export.tflite import check_builtin_ops, tflite_ops
 
     assert tflite_export.path.is_file() and tflite_export.quantize == "none"
     ops = set(tflite_ops(tflite_export.path.read_bytes()))
@@ -312,7 +314,8 @@ def test_tflite_has_builtin_ops_only_and_the_check_names_a_flex_op(tflite_export
 def test_conversion_needing_a_non_builtin_op_fails_naming_it(tmp_path):
     import tensorflow as tf
 
-    from solo_tf.export import ExportError, convert_tflite
+    from solo_tf.export import ExportError
+    from solo_tf.export.tflite import convert_tflite
 
     module = tf.Module()
     module.f = tf.function(lambda x: {"y": tf.math.cumprod(x, axis=1)}, input_signature=[tf.TensorSpec((1, 8))])
@@ -325,7 +328,8 @@ def test_conversion_needing_a_non_builtin_op_fails_naming_it(tmp_path):
 def test_tflite_export_of_the_serving_graph_fails_naming_the_ops(saved_model):
     """A deliberately unsupported configuration: the TF Serving graph (any image size,
     in-graph antialiased letterbox, float64 geometry) has no builtin equivalent."""
-    from solo_tf.export import ExportError, convert_tflite
+    from solo_tf.export import ExportError
+    from solo_tf.export.tflite import convert_tflite
 
     with pytest.raises(ExportError, match=r"builtin.*tf\.ScaleAndTranslate"):
         convert_tflite(saved_model.path)
@@ -341,13 +345,14 @@ def test_failed_or_interrupted_export_leaves_nothing(trained, tmp_path, monkeypa
     import keras
 
     import solo_tf.export as export
+    import solo_tf.export.tflite
 
     model, _ = trained
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as a Ctrl-C in the middle of the conversion
 
-    monkeypatch.setattr(export, "convert_tflite", interrupted)
+    monkeypatch.setattr(solo_tf.export.tflite, "convert_tflite", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export.export_model(model, "tflite", tmp_path / "m.tflite")
     assert list(tmp_path.iterdir()) == []
@@ -393,15 +398,28 @@ def test_existing_destination_and_bad_options_are_refused(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sm", "taken.onnx"]
 
 
-def test_with_canvas_keeps_the_weights(trained):
-    from solo_tf.export import with_canvas
+def test_another_canvas_shares_the_weights_and_equals_a_model_built_for_it(trained):
+    """Export's ``image_size``: build_inference_model at a canvas the model was not built for
+    applies the model's own layers (no weight copied) and gives what a model built for that
+    canvas with the same weights gives."""
+    import dataclasses
+
+    from solo_tf.inference import build_inference_model
+    from solo_tf.model import SOLO
 
     model, _ = trained
-    wide = with_canvas(model, (64, 96))
-    assert tuple(wide.model_config.image_size) == (64, 96)
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), wide.get_weights()))
-    out = wide(np.zeros((1, 64, 96, 3), np.float32))
-    assert out["mask_feature"].shape == (1, 16, 24, 32)
+    wide = build_inference_model(model, canvas=(64, 96), raw_outputs=True)
+    own = {id(w) for w in model.weights}
+    assert len(wide.weights) == len(own) and {id(w) for w in wide.weights} == own
+    built = SOLO(dataclasses.replace(model.model_config, image_size=(64, 96)))
+    built.set_weights(model.get_weights())
+    x = np.random.RandomState(0).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
+    got, want = wide.predict(x, verbose=0), built.predict(x, verbose=0)
+    assert got["mask_feature"].shape == (2, 16, 24, 32) and sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        build_inference_model(model, canvas=(64, 100))
 
 
 # --- the deployment side: export/ runners and clients -------------------------------------------
@@ -561,7 +579,7 @@ def test_rle_encode_round_trips():
 
 
 def test_compare_detections_matches_by_class_score_and_iou():
-    from solo_tf.export import compare_detections
+    from solo_tf.parity import compare_detections
 
     masks = np.zeros((3, 8, 8), np.uint8)
     masks[0, :4] = 1
@@ -616,7 +634,8 @@ def test_quantised_tflite_agrees_with_fp32(quantize, trained, tflite_export, tmp
     from ai_edge_litert.interpreter import Interpreter
 
     from solo_tf.config import Config, DataConfig, ShapesSourceConfig
-    from solo_tf.export import export_model, mask_agreement
+    from solo_tf.export import export_model
+    from solo_tf.parity import mask_agreement
 
     model, _ = trained
     canvases = canvases_of(sample_images(12))
@@ -681,7 +700,10 @@ def test_full_size_masks(trained, tmp_path):
 
 @pytest.mark.slow
 def test_export_at_another_canvas_with_float_input(trained, tmp_path):
-    from solo_tf.export import export_model, with_canvas
+    import dataclasses
+
+    from solo_tf.export import export_model
+    from solo_tf.model import SOLO
 
     model, path = trained
     result = export_model(path, "onnx", tmp_path / "wide.onnx", image_size=(64, 96), input_dtype="float32")
@@ -689,7 +711,9 @@ def test_export_at_another_canvas_with_float_input(trained, tmp_path):
     images = np.stack(sample_images(2, (64, 96))).astype(np.float32)
     out = run_onnx(result.path, images)
     assert out["detection_masks"].shape == (2, 20, 16, 24)
-    wide = with_canvas(model, (64, 96))
+    # the reference: a model built for that canvas, with the same weights
+    wide = SOLO(dataclasses.replace(model.model_config, image_size=(64, 96)), labels_config=model.labels_config)
+    wide.set_weights(model.get_weights())
     reference = keras_detections(wide, images, _post())
     np.testing.assert_array_equal(out["num_detections"], reference["num_detections"])
     np.testing.assert_allclose(out["detection_scores"], reference["detection_scores"], atol=1e-4)
