@@ -98,12 +98,19 @@ def _cmd_train(args):
     _print_json({"model": str(run.model_path), "final_loss": losses[-1], "steps": run.steps})
 
 
+def _add_postprocess_set(p):
+    p.add_argument("--set", nargs="+", metavar="postprocess.FIELD=VALUE", default=[],
+                   help="decoder settings for this run, over a --config's and the model's own: "
+                        "--set postprocess.score_thr=0.3 postprocess.max_per_img=50")
+
+
 def _add_export_arguments(p):
     # the formats are solo_tf.export's registry, which imports neither Keras nor TensorFlow
     # until a model is exported: `solo-tf --help` stays instant and quiet
     from solo_tf.export import FORMATS, quantizations
 
     p.add_argument("--model", required=True, help="a model.keras written by train or demo")
+    _add_postprocess_set(p)
     p.add_argument("--format", required=True, choices=tuple(FORMATS),
                    help="; ".join(f"{name}: {fmt.help or fmt.title}" for name, fmt in FORMATS.items()))
     takers = ", ".join(f"{fmt.name} {'/'.join(fmt.quantizations[1:])}" for fmt in FORMATS.values()
@@ -129,11 +136,13 @@ def _add_export_arguments(p):
 
 
 def _cmd_export(args):
+    from solo_tf.config import postprocess_overrides
     from solo_tf.export import export_model
 
     result = export_model(
         args.model, args.format, args.out, quantize=args.quantize, image_size=args.image_size,
-        calibration=args.calibration, config=args.config, raw_outputs=args.raw_outputs,
+        calibration=args.calibration, config=args.config, postprocess=postprocess_overrides(args.set) or None,
+        raw_outputs=args.raw_outputs,
         full_size_masks=args.full_size_masks, version=args.version, input_dtype=args.input_dtype,
         overwrite=args.overwrite, opset=args.opset,
     )
@@ -149,9 +158,10 @@ def _cmd_demo(args):
 
 def _cmd_evaluate(args):
     from solo_tf import tasks
+    from solo_tf.config import postprocess_overrides
     from solo_tf.settings import resolve
 
-    run = resolve(args.model, config=args.config)
+    run = resolve(args.model, config=args.config, postprocess=postprocess_overrides(args.set) or None)
     run.config.data.skip_bad = run.config.data.skip_bad or args.skip_bad
     out = Path(args.out) if args.out else Path(args.model).with_name("eval")
     metrics = tasks.evaluate(
@@ -276,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=[common], help="COCO mask AP of a trained model on a validation split")
     e.add_argument("--model", required=True, help="a model.keras written by train or demo")
+    _add_postprocess_set(e)
     e.add_argument("--config", help="config for the data (default: config.yaml beside the model)")
     e.add_argument("--data", help="what to evaluate on: a COCO instances JSON, or a YAML config whose "
                                   "data section (validation split) is used")

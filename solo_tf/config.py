@@ -506,6 +506,38 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     return Config.from_yaml(preset)
 
 
+def parse_assignments(assignments) -> list[tuple[str, object]]:
+    """``KEY=VALUE`` strings -> ``(key, value)`` pairs, each value read as YAML (``0.005``,
+    ``[512, 768]``, ``null``, ``linear``); a malformed one is a ConfigError naming it."""
+    pairs = []
+    for item in assignments:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.base_lr=0.005")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({e.__class__.__name__})") from None
+        pairs.append((key, value))
+    return pairs
+
+
+def postprocess_overrides(assignments) -> dict:
+    """``postprocess.FIELD=VALUE`` strings (``solo-tf evaluate / predict / export --set``) ->
+    a dict of post-processing fields for :func:`solo_tf.settings.resolve`, which checks the
+    names and values. Any other section is a ConfigError: a saved model's architecture and
+    classes are its own."""
+    out = {}
+    for key, value in parse_assignments(assignments):
+        section, _, name = key.partition(".")
+        if section != "postprocess" or not name or "." in name:
+            raise ConfigError(f"--set {key}: here only postprocess.<field> can be set (e.g. "
+                              f"postprocess.score_thr=0.3); the model's own architecture and classes are used")
+        out[name] = value
+    return out
+
+
 def apply_overrides(config: Config, assignments) -> Config:
     """``KEY=VALUE`` assignments (``solo-tf train --set``) applied to a copy of ``config``.
 
@@ -517,15 +549,7 @@ def apply_overrides(config: Config, assignments) -> Config:
         ConfigError: naming the assignment or the key (an unknown key lists the valid ones).
     """
     d = config.to_dict()
-    for item in assignments:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.base_lr=0.005")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({e.__class__.__name__})") from None
+    for key, value in parse_assignments(assignments):
         parts = key.split(".")
         node = d
         for i, part in enumerate(parts[:-1]):

@@ -89,6 +89,16 @@ def test_a_format_registered_from_a_test_file_is_offered_and_run_by_the_cli(fake
     assert half["detection_scores"].dtype == np.float16 and half["detection_masks"].shape == (2, 5, 16, 24)
     assert json.loads((tmp_path / "model_half.npz.json").read_text())["canvas"] == [64, 96]
 
+    # --set postprocess.* flags beat the model's own settings (solo_tf.settings.resolve)
+    assert cli.main(["export", "--model", str(model), "--format", "fake", "--out", str(tmp_path / "two.npz"),
+                     "--set", "postprocess.max_per_img=2", "postprocess.score_thr=0.05"]) == 0
+    capsys.readouterr()
+    assert np.load(tmp_path / "two.npz")["detection_scores"].shape == (2, 2)
+    assert json.loads((tmp_path / "two.npz.json").read_text())["max_detections"] == 2
+    assert cli.main(["export", "--model", str(model), "--format", "fake", "--out", str(tmp_path / "x.npz"),
+                     "--set", "model.num_classes=4"]) == 2
+    assert "only postprocess.<field> can be set" in capsys.readouterr().err
+
     # an existing destination is refused as for the built-in formats
     assert cli.main(["export", "--model", str(model), "--format", "fake", "--full-size-masks"]) == 1
     assert "already exists" in capsys.readouterr().err
