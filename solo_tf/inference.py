@@ -9,14 +9,16 @@
   :func:`solo_tf.evaluation.evaluate_dataset` all go through it.
 * :class:`Predictor` letterboxes images of any size into the model's canvas (of their
   orientation, with ``model.portrait_canvas``), runs that graph in batches, and maps the
-  masks back to each original image.
+  masks back to each original image. :meth:`Predictor.stream` does the same for what a
+  person points it at (files, folders, globs, videos, cameras, streams;
+  :mod:`solo_tf.media`), one frame at a time, decoding ahead in a reader thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -109,6 +111,32 @@ def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask
     return out
 
 
+@dataclasses.dataclass
+class FrameResult:
+    """One frame of :meth:`Predictor.stream`.
+
+    ``name``: its source as named (the image or video path, ``camera 0``, the URL);
+    ``frame_index``: its number in its video (None for an image file); ``image``: the
+    (h, w, 3) uint8 RGB frame; ``instances``: as :meth:`Predictor.predict` gives them;
+    ``source``: the :class:`solo_tf.media.Source` (``kind``, ``stem``, ``frames``);
+    ``fps``: the video's frame rate (None for an image file, or unknown)."""
+
+    name: str
+    frame_index: int | None
+    image: np.ndarray
+    instances: dict
+    source: object
+    fps: float | None = None
+
+
+@dataclasses.dataclass
+class _Prepared:  # a decoded frame letterboxed for the network (made in the reader thread)
+    frame: object
+    canvas_size: tuple
+    pixels: np.ndarray
+    valid_size: tuple
+
+
 class Predictor:
     """Run a trained model on images of any size.
 
@@ -119,7 +147,8 @@ class Predictor:
 
     ``predict(images)`` returns one dict per image: ``masks`` (n, h, w) bool at the
     original size, ``scores`` (n,), ``classes`` (n,) int, ``labels`` (n,) class names,
-    ``boxes`` (n, 4) x1 y1 x2 y2 in original pixels.
+    ``boxes`` (n, 4) x1 y1 x2 y2 in original pixels. ``stream(source)`` yields one
+    :class:`FrameResult` per frame of files, folders, globs, videos, cameras or streams.
     """
 
     def __init__(self, model, postprocess_config=None, batch_size=4):
@@ -175,3 +204,83 @@ class Predictor:
             dets, valid_sizes, valid_sizes if orig_sizes is None else orig_sizes,
             mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names, canvas_size=canvases.shape[1:3],
         )
+
+    def stream(self, source, *, skipped=None, progress=False, prefetch=None) -> Iterator[FrameResult]:
+        """Instances for every frame of what ``source`` names, one :class:`FrameResult` at a
+        time, in order; nothing holds more than a few batches of frames.
+
+        Args:
+            source: one or a list of: image files, folders, globs, video files, a camera
+                index, a stream URL (:func:`solo_tf.media.expand_sources`).
+            skipped: a :class:`solo_tf.media.SkipLog` that collects what could not be read
+                (named, with a reason; the run goes on). Default: one that prints each
+                skip to stderr.
+            progress: a tqdm progress bar on stderr (True), none (False), or one only when
+                stderr is a terminal (None). Its total is known for files and for videos
+                whose header gives a frame count.
+            prefetch: frames decoded and letterboxed ahead, in a reader thread, while the
+                network runs (default ``2 * batch_size``).
+
+        Frames go through the network ``batch_size`` at a time; a batch holds frames of one
+        canvas (one orientation), so it is cut short where the canvas changes; for a camera
+        or stream it is also cut short when no further frame is ready (latency over
+        batching). Sources that do not exist raise ``FileNotFoundError`` now, before any
+        frame is read; the frames are read as the result is iterated. Leaving the loop
+        (``break``, Ctrl-C) stops the reader.
+        """
+        from solo_tf import media
+        from solo_tf.console import log_line
+
+        if skipped is None:
+            skipped = media.SkipLog(log=lambda line: log_line(f"solo-tf: {line}"))
+        sources = media.expand_sources(source, skipped)
+        ahead = int(prefetch) if prefetch else 2 * self.batch_size
+        return self._stream(sources, skipped, progress, ahead)
+
+    def _stream(self, sources, skipped, progress, ahead):
+        from tqdm.auto import tqdm
+
+        from solo_tf import media
+
+        def prepared():  # runs in the reader thread: decode + letterbox overlap the network
+            for frame in media.read_frames(sources, skipped):
+                canvas_size = tuple(self.model.model_config.canvas_for(*frame.image.shape[:2]))
+                boxed = preprocess.letterbox(frame.image, canvas_size)
+                yield _Prepared(frame, canvas_size, ops.convert_to_numpy(boxed.canvas), tuple(boxed.valid_size))
+
+        bar = tqdm(total=media.count_frames(sources), unit="frame", disable=None if progress is None else not progress,
+                   dynamic_ncols=True, leave=False)
+        items = media.Prefetch(prepared(), ahead)
+        pending = []
+        try:
+            for item in items:
+                if pending and item.canvas_size != pending[0].canvas_size:
+                    yield from self._run_batch(pending, bar)
+                    pending = []
+                pending.append(item)
+                if len(pending) == self.batch_size or (item.frame.source.live and not items.ready()):
+                    yield from self._run_batch(pending, bar)
+                    pending = []
+            if pending:
+                yield from self._run_batch(pending, bar)
+        finally:
+            items.close()
+            bar.close()
+
+    def _run_batch(self, pending, bar):
+        # A short batch (the last one, a canvas change, a live source) is padded with blank
+        # canvases to batch_size: one batch shape, so the graph is traced once, not again.
+        pixels = np.stack([p.pixels for p in pending]).astype(np.float32)
+        short = self.batch_size - len(pending)
+        if short > 0:
+            pixels = np.concatenate([pixels, np.zeros((short, *pixels.shape[1:]), np.float32)])
+        dets = self.inference_models.predict_on_batch(pixels)
+        dets = {k: np.asarray(ops.convert_to_numpy(v))[: len(pending)] for k, v in dets.items()}
+        found = instances_from_detections(
+            dets, [p.valid_size for p in pending], [p.frame.image.shape[:2] for p in pending],
+            mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names, canvas_size=pixels.shape[1:3],
+        )
+        for p, instances in zip(pending, found):
+            bar.update(1)
+            f = p.frame
+            yield FrameResult(f.source.name, f.index, f.image, instances, f.source, f.fps)
