@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--config", help="config whose post-processing to use (default: the one saved with the model)")
     r.add_argument("--score-thr", type=float, default=0.3, help="drop detections below this score in the output")
-    r.add_argument("--batch-size", type=int, help="frames per forward pass (default 8)")
+    r.add_argument("--batch-size", type=int,
+                   help="frames per forward pass (default: 16 canvases of 128x128 worth of pixels, 1 to 16 frames)")
     r.add_argument("--save-masks", action="store_true",
                    help="also write one PNG per instance: OUT/masks/<stem>[_f<frame>]_<k>_<label>.png")
     r.add_argument("--no-overlays", action="store_true",

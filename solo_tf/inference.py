@@ -130,11 +130,10 @@ class FrameResult:
 
 
 @dataclasses.dataclass
-class _Prepared:  # a decoded frame letterboxed for the network (made in the reader thread)
-    frame: object
-    canvas_size: tuple
-    pixels: np.ndarray
-    valid_size: tuple
+class _Batch:  # frames letterboxed onto one canvas for the network (made in the reader thread)
+    frames: list
+    pixels: np.ndarray  # (n, H, W, 3) float32
+    valid_sizes: list
 
 
 class Predictor:
@@ -219,12 +218,12 @@ class Predictor:
                 stderr is a terminal (None). Its total is known for files and for videos
                 whose header gives a frame count.
             prefetch: frames decoded and letterboxed ahead, in a reader thread, while the
-                network runs (default ``2 * batch_size``).
+                network runs (default ``2 * batch_size``; whole batches).
 
         Frames go through the network ``batch_size`` at a time; a batch holds frames of one
         canvas (one orientation), so it is cut short where the canvas changes; for a camera
-        or stream it is also cut short when no further frame is ready (latency over
-        batching). Sources that do not exist raise ``FileNotFoundError`` now, before any
+        or stream it is also cut short whenever the network would otherwise wait (latency
+        over batching). Sources that do not exist raise ``FileNotFoundError`` now, before any
         frame is read; the frames are read as the result is iterated. Leaving the loop
         (``break``, Ctrl-C) stops the reader.
         """
@@ -242,45 +241,64 @@ class Predictor:
 
         from solo_tf import media
 
-        def prepared():  # runs in the reader thread: decode + letterbox overlap the network
-            for frame in media.read_frames(sources, skipped):
-                canvas_size = tuple(self.model.model_config.canvas_for(*frame.image.shape[:2]))
-                boxed = preprocess.letterbox(frame.image, canvas_size)
-                yield _Prepared(frame, canvas_size, ops.convert_to_numpy(boxed.canvas), tuple(boxed.valid_size))
-
         bar = tqdm(total=media.count_frames(sources), unit="frame", disable=None if progress is None else not progress,
                    dynamic_ncols=True, leave=False)
-        items = media.Prefetch(prepared(), ahead)
-        pending = []
+        # batches are formed and letterboxed in the reader thread, ahead of the network
+        batches = media.Prefetch(size=max(1, ahead // self.batch_size))
+        batches.start(self._batches(media.read_frames(sources, skipped), batches))
         try:
-            for item in items:
-                if pending and item.canvas_size != pending[0].canvas_size:
-                    yield from self._run_batch(pending, bar)
-                    pending = []
-                pending.append(item)
-                if len(pending) == self.batch_size or (item.frame.source.live and not items.ready()):
-                    yield from self._run_batch(pending, bar)
-                    pending = []
-            if pending:
-                yield from self._run_batch(pending, bar)
+            for batch in batches:
+                yield from self._run_batch(batch, bar)
         finally:
-            items.close()
+            batches.close()
             bar.close()
 
-    def _run_batch(self, pending, bar):
+    def _batches(self, frames, prefetch):
+        """Frames -> :class:`_Batch` of up to ``batch_size`` frames of one canvas. A batch is
+        cut short where the canvas changes, at the end, and for a camera or stream whenever
+        the network is waiting (``prefetch`` is empty): latency over batching."""
+        pending, canvas = [], None
+        for frame in frames:
+            size = tuple(self.model.model_config.canvas_for(*frame.image.shape[:2]))
+            if pending and size != canvas:
+                yield self._letterboxed(pending, canvas)
+                pending = []
+            pending.append(frame)
+            canvas = size
+            if len(pending) == self.batch_size or (frame.source.live and not prefetch.ready()):
+                yield self._letterboxed(pending, canvas)
+                pending = []
+        if pending:
+            yield self._letterboxed(pending, canvas)
+
+    @staticmethod
+    def _letterboxed(frames, canvas):
+        # one letterbox call per run of same-size frames (a video's, a folder of one size)
+        pixels = np.empty((len(frames), *canvas, 3), np.float32)
+        valid_sizes, i = [], 0
+        while i < len(frames):
+            shape = frames[i].image.shape
+            j = i + 1
+            while j < len(frames) and frames[j].image.shape == shape:
+                j += 1
+            boxed = preprocess.letterbox(np.stack([f.image for f in frames[i:j]]), canvas)
+            pixels[i:j] = ops.convert_to_numpy(boxed.canvas)
+            valid_sizes += [tuple(int(v) for v in boxed.valid_size)] * (j - i)
+            i = j
+        return _Batch(frames, pixels, valid_sizes)
+
+    def _run_batch(self, batch, bar):
         # A short batch (the last one, a canvas change, a live source) is padded with blank
         # canvases to batch_size: one batch shape, so the graph is traced once, not again.
-        pixels = np.stack([p.pixels for p in pending]).astype(np.float32)
-        short = self.batch_size - len(pending)
-        if short > 0:
-            pixels = np.concatenate([pixels, np.zeros((short, *pixels.shape[1:]), np.float32)])
+        n, pixels = len(batch.frames), batch.pixels
+        if n < self.batch_size:
+            pixels = np.concatenate([pixels, np.zeros((self.batch_size - n, *pixels.shape[1:]), np.float32)])
         dets = self.inference_models.predict_on_batch(pixels)
-        dets = {k: np.asarray(ops.convert_to_numpy(v))[: len(pending)] for k, v in dets.items()}
+        dets = {k: np.asarray(ops.convert_to_numpy(v))[:n] for k, v in dets.items()}
         found = instances_from_detections(
-            dets, [p.valid_size for p in pending], [p.frame.image.shape[:2] for p in pending],
-            mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names, canvas_size=pixels.shape[1:3],
+            dets, batch.valid_sizes, [f.image.shape[:2] for f in batch.frames], mask_thr=self.postprocess_config.mask_thr,
+            class_names=self.class_names, canvas_size=pixels.shape[1:3],
         )
-        for p, instances in zip(pending, found):
+        for f, instances in zip(batch.frames, found):
             bar.update(1)
-            f = p.frame
             yield FrameResult(f.source.name, f.index, f.image, instances, f.source, f.fps)

@@ -372,13 +372,22 @@ class Prefetch:
 
     Iterate it as ``items``. An exception in the reader is raised in the caller at the point
     it would have been met. ``close()`` (or leaving a ``with`` block) stops the reader and
-    closes ``items``; ``ready()`` says whether an item is waiting (a live source's caller
-    runs what it has instead of waiting for a full batch)."""
+    closes ``items``. ``ready()`` says whether an item is waiting: a reader that batches a
+    live source hands over what it has when the caller would otherwise wait (give it the
+    Prefetch: ``p = Prefetch(size=2); p.start(batches(frames, p))``)."""
 
-    def __init__(self, items: Iterable, size: int):
+    def __init__(self, items: Iterable | None = None, size: int = 1):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(size)))
         self._stop = threading.Event()
         self._done = False
+        self._reader = None
+        if items is not None:
+            self.start(items)
+
+    def start(self, items: Iterable) -> None:
+        """Start reading ``items`` (once)."""
+        if self._reader is not None:
+            raise RuntimeError("Prefetch: already started")
         self._reader = threading.Thread(target=self._work, args=(iter(items),), name="solo-tf-reader", daemon=True)
         self._reader.start()
 
@@ -424,7 +433,7 @@ class Prefetch:
     def close(self) -> None:
         self._done = True
         self._stop.set()
-        if self._reader is not threading.current_thread():
+        if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5.0)  # a live source blocked in a read ends with the process (daemon)
 
     def __enter__(self):

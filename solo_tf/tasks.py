@@ -402,7 +402,19 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
 
 
 # --- predict --------------------------------------------------------------------------------
-PREDICT_BATCH_SIZE = 8  # frames per forward pass of `predict` (benchmarks/bench_predict_folder.py)
+# predict's default batch: as many frames as fill this many canvas pixels, 1 to 16. On a CPU
+# the network's cost per image hardly falls with the batch (compute-bound); what batching
+# saves is the per-call overhead, which matters at small canvases (the demo's 128x128: 16
+# frames, benchmarks/bench_predict_folder.py) and not at large ones (800x1344: 1 frame,
+# whose activations already take ~1 GB).
+PREDICT_BATCH_PIXELS = 16 * 128 * 128
+
+
+def predict_batch_size(model) -> int:
+    """:func:`predict`'s default frames per forward pass for ``model`` (see
+    :data:`PREDICT_BATCH_PIXELS`)."""
+    h, w = model.model_config.image_size
+    return max(1, min(16, PREDICT_BATCH_PIXELS // (int(h) * int(w))))
 
 
 def read_image(path) -> np.ndarray:
@@ -446,7 +458,8 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
         config, postprocess: what the user named for this run; the decoder settings follow
             :func:`solo_tf.settings.resolve`.
         score_thr: drop instances scored below this from the outputs.
-        batch_size: frames per forward pass (default :data:`PREDICT_BATCH_SIZE`).
+        batch_size: frames per forward pass (default :func:`predict_batch_size`: 16 at 128x128,
+            1 at 800x1344).
         save_masks: write the per-instance mask PNGs.
         overlays: write the overlay PNGs and annotated videos (False: the JSON and masks only).
         progress: a progress bar on stderr: True, False, or None (when stderr is a terminal).
@@ -460,7 +473,7 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
     skipped = SkipLog(log=lambda line: log(f"solo-tf: {line}"))
     sources = expand_sources(sources, skipped)  # a missing source: raised before any work
     run = resolve(model, config=config, postprocess=postprocess)
-    predictor = Predictor(run.model, run.postprocess, batch_size=batch_size or PREDICT_BATCH_SIZE)
+    predictor = Predictor(run.model, run.postprocess, batch_size=batch_size or predict_batch_size(run.model))
     frames = predictor.stream(sources, skipped=skipped, progress=progress)
     out = _PredictOutputs(Path(out_dir), predictor.class_names, run.model.labels_config.category_ids,
                           float(score_thr or 0.0), overlays, save_masks)

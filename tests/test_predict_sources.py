@@ -256,3 +256,53 @@ def test_predict_command_on_a_folder_and_a_video(tmp_path, model_path, capsys):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     assert main(["predict", "--model", str(model_path), str(tmp_path / "bad.mp4"), "--out", str(out)]) == 1
     assert "bad.mp4" in capsys.readouterr().err
+
+
+def test_prefetch_reads_ahead_raises_the_readers_error_and_stops_when_closed():
+    import threading
+
+    from solo_tf.media import Prefetch
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad frame 3")
+
+    got = []
+    with pytest.raises(ValueError, match="bad frame 3"):
+        for x in Prefetch(failing(), size=1):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()  # the reader closes what it reads when the caller leaves
+
+    p = Prefetch(endless(), size=2)
+    assert [next(p) for _ in range(3)] == [0, 1, 2]
+    p.close()
+    assert closed.wait(5.0)
+
+
+def test_annotate_frame_blends_and_outlines_each_instance_in_its_class_colour():
+    from solo_tf.visualize import _palette, annotate_frame
+
+    image = np.full((40, 50, 3), 100, np.uint8)
+    mask = np.zeros((1, 40, 50), bool)
+    mask[0, 10:30, 5:25] = True
+    inst = {"masks": mask, "classes": np.array([1]), "scores": np.array([0.9], np.float32),
+            "boxes": np.array([[5, 10, 25, 30]], np.float32)}
+    out = annotate_frame(image, inst, ["a", "b"])
+    colour = _palette(2)[1] * 255
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_allclose(out[26, 20], 0.5 * 100 + 0.5 * colour, atol=1)  # inside, below the label: blended
+    np.testing.assert_allclose(out[29, 15], colour, atol=1)  # the outline (bottom edge)
+    np.testing.assert_array_equal(out[38, 45], [100, 100, 100])  # outside: untouched
+    np.testing.assert_array_equal(annotate_frame(image, {k: v[:0] for k, v in inst.items()}), image)
