@@ -166,7 +166,7 @@ def _cmd_predict(args):
     res = tasks.predict(args.model, args.sources, args.out, config=args.config, score_thr=args.score_thr,
                         batch_size=args.batch_size, save_masks=args.save_masks, overlays=not args.no_overlays)
     _log(f"solo-tf: {res.report()}")
-    _print_json({"detections": len(res.results), "pictures": res.pictures, "videos": res.videos,
+    _print_json({"detections": len(res.results), "pictures": res.pictures, "annotated_videos": res.videos,
                  "results": str(res.results_path), **{k: v for k, v in res.summary.items() if k != "detections"}})
     # Ctrl-C is how a camera or stream run ends; a run over files that it cut short did not finish
     return 130 if res.summary["interrupted"] and not res.summary["live"] else 0

@@ -69,7 +69,7 @@ class PredictResult:
     :class:`solo_tf.inference.Predictor` gives them, after the score filter; a video's
     frames are not kept: their instances are in ``results`` and the annotated video), the
     overlay PNGs, the results JSON, the annotated videos, a ``summary`` (``images``,
-    ``videos``, ``frames`` (of videos), ``detections``, ``masks`` (PNGs written),
+    ``videos`` (read), ``frames`` (of videos), ``detections``, ``masks`` (PNGs written),
     ``skipped`` (count by reason), ``seconds``, ``frames_per_second``, ``interrupted``,
     ``live``: every source was a camera or stream) and the ``skipped`` entries
     ``(name, reason, detail)``."""
@@ -495,7 +495,7 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
         raise ValueError(f"nothing to predict: {skipped.summary()}")
     results_path = write_json(out.dir / "predictions.json", out.results)
     summary = {
-        "images": out.images, "videos": len(out.videos), "frames": out.frames, "detections": len(out.results),
+        "images": out.images, "videos": len(out.video_sources), "frames": out.frames, "detections": len(out.results),
         "masks": out.masks, "skipped": skipped.counts(), "seconds": round(seconds, 3),
         "frames_per_second": round(out.count / seconds, 2) if seconds > 0 else None, "interrupted": interrupted,
         "live": all(s.live for s in sources),
@@ -515,6 +515,7 @@ class _PredictOutputs:
         self.score_thr, self.overlays, self.save_masks = score_thr, overlays, save_masks
         self.results, self.instances, self.pictures, self.videos = [], [], [], []
         self.images = self.frames = self.masks = 0
+        self.video_sources = set()  # ids of the videos, cameras and streams that gave a frame
         self._stems, self._used = {}, set()
         self._video = None  # (source, VideoWriter) of the video being written
 
@@ -545,6 +546,7 @@ class _PredictOutputs:
                 self._overlay(r, inst, stem)
         else:
             self.frames += 1
+            self.video_sources.add(id(r.source))  # kept alive by self._stems
             if self.overlays:
                 self._video_frame(r, inst, stem)
         if self.save_masks:

@@ -245,8 +245,9 @@ def test_predict_command_on_a_folder_and_a_video(tmp_path, model_path, capsys):
                  "--batch-size", "3", "--save-masks", "--no-overlays"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
-    assert (summary["images"], summary["frames"], summary["videos"]) == (1, NUM_FRAMES, 0)
-    assert summary["skipped"] == {"not an image or video": 1} and summary["pictures"] == []
+    assert (summary["images"], summary["videos"], summary["frames"]) == (1, 1, NUM_FRAMES)
+    assert summary["skipped"] == {"not an image or video": 1}
+    assert summary["pictures"] == summary["annotated_videos"] == []  # --no-overlays
     assert re.search(r"predicted 1 image and 6 frames of video: \d+ detections.*skipped 1 not an image or video",
                      captured.err)
     assert not list(out.glob("*_pred.*"))  # --no-overlays
