@@ -179,9 +179,16 @@ def _cmd_evaluate(args):
 
 def _cmd_predict(args):
     from solo_tf import tasks
+    from solo_tf.config import postprocess_overrides
 
-    res = tasks.predict(args.model, args.images, args.out, config=args.config, score_thr=args.score_thr)
-    _print_json({"detections": len(res.results), "pictures": res.pictures, "results": str(res.results_path)})
+    res = tasks.predict(args.model, args.sources, args.out, config=args.config,
+                        postprocess=postprocess_overrides(args.set) or None, score_thr=args.score_thr,
+                        batch_size=args.batch_size, save_masks=args.save_masks, overlays=not args.no_overlays)
+    _log(f"solo-tf: {res.report()}")
+    _print_json({"detections": len(res.results), "pictures": res.pictures, "annotated_videos": res.videos,
+                 "results": str(res.results_path), **{k: v for k, v in res.summary.items() if k != "detections"}})
+    # Ctrl-C is how a camera or stream run ends; a run over files that it cut short did not finish
+    return 130 if res.summary["interrupted"] and not res.summary["live"] else 0
 
 
 def _cmd_convert(args):
@@ -298,12 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw the N worst and N best images, ground truth beside prediction")
     e.set_defaults(func=_cmd_evaluate)
 
-    r = sub.add_parser("predict", parents=[common], help="instance masks for images: overlay PNGs + COCO results JSON")
+    r = sub.add_parser("predict", parents=[common],
+                       help="instance masks for images, folders, globs, videos, a camera or a stream: overlays, "
+                            "COCO results JSON, optional mask PNGs")
     r.add_argument("--model", required=True)
-    r.add_argument("images", nargs="+", help="image files (any size)")
+    r.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image files (any size), folders, globs ('shots/*.jpg'), video files (mp4, avi, mov, mkv, "
+                        "...), a camera index (0) or a stream URL (rtsp://, http://); a camera or stream is read "
+                        "until it ends or Ctrl-C")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--config", help="config whose post-processing to use (default: the one saved with the model)")
     r.add_argument("--score-thr", type=float, default=0.3, help="drop detections below this score in the output")
+    r.add_argument("--batch-size", type=int,
+                   help="frames per forward pass (default: 16 canvases of 128x128 worth of pixels, 1 to 16 frames)")
+    r.add_argument("--save-masks", action="store_true",
+                   help="also write one PNG per instance: OUT/masks/<stem>[_f<frame>]_<k>_<label>.png")
+    r.add_argument("--no-overlays", action="store_true",
+                   help="write no overlay PNGs or annotated videos (predictions.json and masks only; faster)")
+    _add_postprocess_set(r)
     r.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", parents=[common], help="export the model with its decoder as a SavedModel "
@@ -346,7 +365,7 @@ def main(argv=None) -> int:
     from solo_tf.data.errors import data_error_from
 
     try:
-        args.func(args)
+        code = args.func(args)
     except ConfigError as e:
         _log(f"solo-tf: config error: {e}")
         return 2
@@ -359,7 +378,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _log("solo-tf: interrupted")
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

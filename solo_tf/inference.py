@@ -9,13 +9,16 @@
   :func:`solo_tf.evaluation.evaluate_dataset` all go through it.
 * :class:`Predictor` letterboxes images of any size into the model's canvas (of their
   orientation, with ``model.portrait_canvas``), runs that graph in batches, and maps the
-  masks back to each original image.
+  masks back to each original image. :meth:`Predictor.stream` does the same for what a
+  person points it at (files, folders, globs, videos, cameras, streams;
+  :mod:`solo_tf.media`), one frame at a time, decoding ahead in a reader thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -115,6 +118,31 @@ def instances_from_detections(detections: Mapping, valid_sizes, orig_sizes, mask
     return out
 
 
+@dataclasses.dataclass
+class FrameResult:
+    """One frame of :meth:`Predictor.stream`.
+
+    ``name``: its source as named (the image or video path, ``camera 0``, the URL);
+    ``frame_index``: its number in its video (None for an image file); ``image``: the
+    (h, w, 3) uint8 RGB frame; ``instances``: as :meth:`Predictor.predict` gives them;
+    ``source``: the :class:`solo_tf.media.Source` (``kind``, ``stem``, ``frames``);
+    ``fps``: the video's frame rate (None for an image file, or unknown)."""
+
+    name: str
+    frame_index: int | None
+    image: np.ndarray
+    instances: dict
+    source: object
+    fps: float | None = None
+
+
+@dataclasses.dataclass
+class _Batch:  # frames letterboxed onto one canvas for the network (made in the reader thread)
+    frames: list
+    pixels: np.ndarray  # (n, H, W, 3) float32
+    valid_sizes: list
+
+
 class Predictor:
     """Run a trained model on images of any size.
 
@@ -125,7 +153,8 @@ class Predictor:
 
     ``predict(images)`` returns one dict per image: ``masks`` (n, h, w) bool at the
     original size, ``scores`` (n,), ``classes`` (n,) int, ``labels`` (n,) class names,
-    ``boxes`` (n, 4) x1 y1 x2 y2 in original pixels.
+    ``boxes`` (n, 4) x1 y1 x2 y2 in original pixels. ``stream(source)`` yields one
+    :class:`FrameResult` per frame of files, folders, globs, videos, cameras or streams.
     """
 
     def __init__(self, model, postprocess_config=None, batch_size=4):
@@ -181,3 +210,102 @@ class Predictor:
             dets, valid_sizes, valid_sizes if orig_sizes is None else orig_sizes,
             mask_thr=self.postprocess_config.mask_thr, class_names=self.class_names, canvas_size=canvases.shape[1:3],
         )
+
+    def stream(self, source, *, skipped=None, progress=False, prefetch=None) -> Iterator[FrameResult]:
+        """Instances for every frame of what ``source`` names, one :class:`FrameResult` at a
+        time, in order; nothing holds more than a few batches of frames.
+
+        Args:
+            source: one or a list of: image files, folders, globs, video files, a camera
+                index, a stream URL (:func:`solo_tf.media.expand_sources`).
+            skipped: a :class:`solo_tf.media.SkipLog` that collects what could not be read
+                (named, with a reason; the run goes on). Default: one that prints each
+                skip to stderr.
+            progress: a tqdm progress bar on stderr (True), none (False), or one only when
+                stderr is a terminal (None). Its total is known for files and for videos
+                whose header gives a frame count.
+            prefetch: frames decoded and letterboxed ahead, in a reader thread, while the
+                network runs (default ``2 * batch_size``; whole batches).
+
+        Frames go through the network ``batch_size`` at a time; a batch holds frames of one
+        canvas (one orientation), so it is cut short where the canvas changes; for a camera
+        or stream it is also cut short whenever the network would otherwise wait (latency
+        over batching). Sources that do not exist raise ``FileNotFoundError`` now, before any
+        frame is read; the frames are read as the result is iterated. Leaving the loop
+        (``break``, Ctrl-C) stops the reader.
+        """
+        from solo_tf import media
+        from solo_tf.console import log_line
+
+        if skipped is None:
+            skipped = media.SkipLog(log=lambda line: log_line(f"solo-tf: {line}"))
+        sources = media.expand_sources(source, skipped)
+        ahead = int(prefetch) if prefetch else 2 * self.batch_size
+        return self._stream(sources, skipped, progress, ahead)
+
+    def _stream(self, sources, skipped, progress, ahead):
+        from tqdm.auto import tqdm
+
+        from solo_tf import media
+
+        bar = tqdm(total=media.count_frames(sources), unit="frame", disable=None if progress is None else not progress,
+                   dynamic_ncols=True, leave=False)
+        # batches are formed and letterboxed in the reader thread, ahead of the network
+        batches = media.Prefetch(size=max(1, ahead // self.batch_size))
+        batches.start(self._batches(media.read_frames(sources, skipped), batches))
+        try:
+            for batch in batches:
+                yield from self._run_batch(batch, bar)
+        finally:
+            batches.close()
+            bar.close()
+
+    def _batches(self, frames, prefetch):
+        """Frames -> :class:`_Batch` of up to ``batch_size`` frames of one canvas. A batch is
+        cut short where the canvas changes, at the end, and for a camera or stream whenever
+        the network is waiting (``prefetch`` is empty): latency over batching."""
+        pending, canvas = [], None
+        for frame in frames:
+            size = tuple(self.model.model_config.canvas_for(*frame.image.shape[:2]))
+            if pending and size != canvas:
+                yield self._letterboxed(pending, canvas)
+                pending = []
+            pending.append(frame)
+            canvas = size
+            if len(pending) == self.batch_size or (frame.source.live and not prefetch.ready()):
+                yield self._letterboxed(pending, canvas)
+                pending = []
+        if pending:
+            yield self._letterboxed(pending, canvas)
+
+    @staticmethod
+    def _letterboxed(frames, canvas):
+        # one letterbox call per run of same-size frames (a video's, a folder of one size)
+        pixels = np.empty((len(frames), *canvas, 3), np.float32)
+        valid_sizes, i = [], 0
+        while i < len(frames):
+            shape = frames[i].image.shape
+            j = i + 1
+            while j < len(frames) and frames[j].image.shape == shape:
+                j += 1
+            boxed = preprocess.letterbox(np.stack([f.image for f in frames[i:j]]), canvas)
+            pixels[i:j] = ops.convert_to_numpy(boxed.canvas)
+            valid_sizes += [tuple(int(v) for v in boxed.valid_size)] * (j - i)
+            i = j
+        return _Batch(frames, pixels, valid_sizes)
+
+    def _run_batch(self, batch, bar):
+        # A short batch (the last one, a canvas change, a live source) is padded with blank
+        # canvases to batch_size: one batch shape, so the graph is traced once, not again.
+        n, pixels = len(batch.frames), batch.pixels
+        if n < self.batch_size:
+            pixels = np.concatenate([pixels, np.zeros((self.batch_size - n, *pixels.shape[1:]), np.float32)])
+        dets = self.inference_models.predict_on_batch(pixels)
+        dets = {k: np.asarray(ops.convert_to_numpy(v))[:n] for k, v in dets.items()}
+        found = instances_from_detections(
+            dets, batch.valid_sizes, [f.image.shape[:2] for f in batch.frames], mask_thr=self.postprocess_config.mask_thr,
+            class_names=self.class_names, canvas_size=pixels.shape[1:3],
+        )
+        for f, instances in zip(batch.frames, found):
+            bar.update(1)
+            yield FrameResult(f.source.name, f.index, f.image, instances, f.source, f.fps)

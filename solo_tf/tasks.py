@@ -67,14 +67,37 @@ class TrainResult:
 
 @dataclasses.dataclass
 class PredictResult:
-    """What :func:`predict` returns: COCO result dicts (``file_name`` added), one instance
-    dict per image (as :class:`solo_tf.inference.Predictor` gives them, after the score
-    filter), the overlay PNGs and the results JSON."""
+    """What :func:`predict` returns: COCO result dicts (``file_name`` added, ``frame_index``
+    for video frames), one instance dict per image file (as
+    :class:`solo_tf.inference.Predictor` gives them, after the score filter; a video's
+    frames are not kept: their instances are in ``results`` and the annotated video), the
+    overlay PNGs, the results JSON, the annotated videos, a ``summary`` (``images``,
+    ``videos`` (read), ``frames`` (of videos), ``detections``, ``masks`` (PNGs written),
+    ``skipped`` (count by reason), ``seconds``, ``frames_per_second``, ``interrupted``,
+    ``live``: every source was a camera or stream) and the ``skipped`` entries
+    ``(name, reason, detail)``."""
 
     results: list
     instances: list
     pictures: list
     results_path: Path
+    videos: list = dataclasses.field(default_factory=list)
+    summary: dict = dataclasses.field(default_factory=dict)
+    skipped: list = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        """The run in one line, for people."""
+        s = self.summary
+        parts = [f"{s['images']} image{'s' * (s['images'] != 1)}"] if s["images"] or not s["frames"] else []
+        if s["frames"]:
+            parts.append(f"{s['frames']} frame{'s' * (s['frames'] != 1)} of video")
+        line = (f"predicted {' and '.join(parts)}: {s['detections']} detections in {s['seconds']:.1f} s "
+                f"({s['frames_per_second']} frames/s)")
+        if s["masks"]:
+            line += f", {s['masks']} mask PNGs"
+        skipped = sum(s["skipped"].values())
+        line += "; skipped " + (", ".join(f"{n} {why}" for why, n in s["skipped"].items()) if skipped else "nothing")
+        return line + ("; interrupted, what was done is written" if s["interrupted"] else "")
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -468,59 +491,205 @@ def _worst_and_best(model, ds, coco_gt, per_image, n, out_dir, postprocess, name
 
 
 # --- predict --------------------------------------------------------------------------------
+# predict's default batch: as many frames as fill this many canvas pixels, 1 to 16. On a CPU
+# the network's cost per image hardly falls with the batch (compute-bound); what batching
+# saves is the per-call overhead, which matters at small canvases (the demo's 128x128: 16
+# frames, benchmarks/bench_predict_folder.py) and not at large ones (800x1344: 1 frame,
+# whose activations already take ~1 GB).
+PREDICT_BATCH_PIXELS = 16 * 128 * 128
+
+
+def predict_batch_size(model) -> int:
+    """:func:`predict`'s default frames per forward pass for ``model`` (see
+    :data:`PREDICT_BATCH_PIXELS`)."""
+    h, w = model.model_config.image_size
+    return max(1, min(16, PREDICT_BATCH_PIXELS // (int(h) * int(w))))
+
+
 def read_image(path) -> np.ndarray:
-    """An image file as (h, w, 3) uint8 RGB; a clear error naming a missing or bad file."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as (h, w, 3) uint8 RGB; a clear error naming a missing or bad file
+    (:func:`solo_tf.media.read_image`)."""
+    from solo_tf.media import read_image as read
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return read(path)
 
 
-def predict(model, image_paths, out_dir, *, config=None, postprocess=None, score_thr=None) -> PredictResult:
-    """Instances for image files: an overlay PNG per image (``<stem>_pred.png``) and a
-    COCO-results JSON (``predictions.json``, RLE masks at each image's size, the model's
-    category ids, ``file_name`` added) in ``out_dir``.
+def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr=None, batch_size=None,
+            save_masks=False, overlays=True, progress=None, log=None) -> PredictResult:
+    """Instances for what ``sources`` names (image files, folders, globs, videos, a camera
+    index, a stream URL: :func:`solo_tf.media.expand_sources`), written to ``out_dir``:
+
+    * ``<stem>_pred.png`` per image: the overlay (:func:`solo_tf.visualize.draw_instances`);
+    * ``<stem>_pred.mp4`` per video, camera or stream: every frame annotated
+      (:func:`solo_tf.visualize.annotate_frame`), at the source's frame rate;
+    * ``predictions.json``: COCO results (RLE masks at each frame's size, the model's
+      category ids) with ``file_name`` added, and ``frame_index`` for a video's frames;
+      ``image_id`` numbers the frames in the order they were read;
+    * with ``save_masks``: ``masks/<stem>[_f<frame>]_<k>_<label>.png``, one 0/255 PNG per
+      instance at the frame's size (``k``: its rank by score in the frame; ``frame``: 6
+      digits).
+
+    Stems are the sources' file names without extension (``camera0`` for camera 0; the last
+    path part of a URL), made unique with ``_2``, ``_3`` ... when two sources share one.
+    Every file appears whole or not at all.
+
+    What cannot be read (a non-image file in a folder, a corrupt image, a corrupt video
+    frame, a truncated video) is named on ``log``, skipped and counted, and the run goes
+    on; a source that does not exist is an error before any work, and so is a run where
+    everything was skipped. Ctrl-C (KeyboardInterrupt) ends the run cleanly: what was done
+    is written (the annotated video up to the last frame predicted) and the result says
+    ``interrupted`` -- the way a camera or stream run is ended.
 
     Args:
         model: a :class:`solo_tf.model.SOLO` or a path to its ``.keras`` file.
-        image_paths: image files of any size; all are read (and a bad one reported) first.
+        sources: one source or a list of them.
         out_dir: output folder (created).
         config, postprocess: what the user named for this run; the decoder settings follow
             :func:`solo_tf.settings.resolve`.
         score_thr: drop instances scored below this from the outputs.
+        batch_size: frames per forward pass (default :func:`predict_batch_size`: 16 at 128x128,
+            1 at 800x1344).
+        save_masks: write the per-instance mask PNGs.
+        overlays: write the overlay PNGs and annotated videos (False: the JSON and masks only).
+        progress: a progress bar on stderr: True, False, or None (when stderr is a terminal).
+        log: a function taking one line of text (default stderr).
     """
-    from solo_tf.evaluation import to_coco_results
     from solo_tf.inference import Predictor
     from solo_tf.io import write_json
-    from solo_tf.visualize import draw_instances
+    from solo_tf.media import SkipLog, expand_sources
 
+    log = log or _log
+    skipped = SkipLog(log=lambda line: log(f"solo-tf: {line}"))
+    sources = expand_sources(sources, skipped)  # a missing source: raised before any work
     run = resolve(model, config=config, postprocess=postprocess)
-    model = run.model
-    images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(model, run.postprocess)
-    thr = float(score_thr or 0.0)
-    results, kept, pictures = [], [], []
-    for image_id, (path, image, inst) in enumerate(zip(image_paths, images, predictor.predict(images))):
-        keep = inst["scores"] >= thr
-        inst = {k: np.asarray(v)[keep] for k, v in inst.items()}  # every entry has one row per instance
-        kept.append(inst)
-        png = out_dir / f"{Path(path).stem}_pred.png"
-        draw_instances(image, inst["masks"], inst["classes"], inst["scores"], predictor.class_names, png,
-                       score_thr=thr, title=f"{Path(path).name}: {len(inst['scores'])} instances")
-        pictures.append(str(png))
-        for r in to_coco_results(image_id, inst["masks"], inst["classes"], inst["scores"],
-                                 category_ids=model.labels_config.category_ids):
-            r["file_name"] = str(path)
-            results.append(r)
-    results_path = write_json(out_dir / "predictions.json", results)
-    return PredictResult(results=results, instances=kept, pictures=pictures, results_path=results_path)
+    predictor = Predictor(run.model, run.postprocess, batch_size=batch_size or predict_batch_size(run.model))
+    frames = predictor.stream(sources, skipped=skipped, progress=progress)
+    out = _PredictOutputs(Path(out_dir), predictor.class_names, run.model.labels_config.category_ids,
+                          float(score_thr or 0.0), overlays, save_masks)
+    t0 = time.monotonic()
+    interrupted = False
+    try:
+        for frame in frames:
+            out.add(frame)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        frames.close()
+    out.finish()
+    seconds = time.monotonic() - t0
+    if not out.count and not interrupted:
+        raise ValueError(f"nothing to predict: {skipped.summary()}")
+    results_path = write_json(out.dir / "predictions.json", out.results)
+    summary = {
+        "images": out.images, "videos": len(out.video_sources), "frames": out.frames, "detections": len(out.results),
+        "masks": out.masks, "skipped": skipped.counts(), "seconds": round(seconds, 3),
+        "frames_per_second": round(out.count / seconds, 2) if seconds > 0 else None, "interrupted": interrupted,
+        "live": all(s.live for s in sources),
+    }
+    return PredictResult(results=out.results, instances=out.instances, pictures=out.pictures,
+                         results_path=results_path, videos=out.videos, summary=summary,
+                         skipped=list(skipped.entries))
+
+
+class _PredictOutputs:
+    """The files of one :func:`predict` run, written frame by frame as results arrive."""
+
+    def __init__(self, out_dir: Path, class_names, category_ids, score_thr, overlays, save_masks):
+        self.dir = out_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.class_names, self.category_ids = class_names, category_ids
+        self.score_thr, self.overlays, self.save_masks = score_thr, overlays, save_masks
+        self.results, self.instances, self.pictures, self.videos = [], [], [], []
+        self.images = self.frames = self.masks = 0
+        self.video_sources = set()  # ids of the videos, cameras and streams that gave a frame
+        self._stems, self._used = {}, set()
+        self._video = None  # (source, VideoWriter) of the video being written
+
+    @property
+    def count(self) -> int:
+        return self.images + self.frames
+
+    def _stem(self, source) -> str:
+        if id(source) not in self._stems:
+            stem, k = source.stem, 1
+            while stem in self._used:
+                k += 1
+                stem = f"{source.stem}_{k}"
+            self._used.add(stem)
+            self._stems[id(source)] = (source, stem)  # the source kept: its id stays its own
+        return self._stems[id(source)][1]
+
+    def add(self, r) -> None:
+        from solo_tf.evaluation import to_coco_results
+
+        keep = r.instances["scores"] >= self.score_thr
+        inst = {k: np.asarray(v)[keep] for k, v in r.instances.items()}  # every entry has one row per instance
+        image_id, stem = self.count, self._stem(r.source)
+        if r.frame_index is None:
+            self.images += 1
+            self.instances.append(inst)
+            if self.overlays:
+                self._overlay(r, inst, stem)
+        else:
+            self.frames += 1
+            self.video_sources.add(id(r.source))  # kept alive by self._stems
+            if self.overlays:
+                self._video_frame(r, inst, stem)
+        if self.save_masks:
+            self._masks(inst, stem if r.frame_index is None else f"{stem}_f{r.frame_index:06d}")
+        for res in to_coco_results(image_id, inst["masks"], inst["classes"], inst["scores"],
+                                   category_ids=self.category_ids):
+            res["file_name"] = r.name
+            if r.frame_index is not None:
+                res["frame_index"] = int(r.frame_index)
+            self.results.append(res)
+
+    def _overlay(self, r, inst, stem):
+        from solo_tf.visualize import draw_instances
+
+        png = self.dir / f"{stem}_pred.png"
+        draw_instances(r.image, inst["masks"], inst["classes"], inst["scores"], self.class_names, png,
+                       score_thr=self.score_thr, title=f"{Path(r.name).name}: {len(inst['scores'])} instances")
+        self.pictures.append(str(png))
+
+    def _video_frame(self, r, inst, stem):
+        from solo_tf.media import VideoWriter
+        from solo_tf.visualize import annotate_frame
+
+        if self._video is None or self._video[0] is not r.source:
+            self._close_video()
+            self._video = (r.source, VideoWriter(self.dir / f"{stem}_pred.mp4", r.fps))
+        self._video[1].write(annotate_frame(r.image, inst, self.class_names), r.frame_index)
+
+    def _masks(self, inst, base):
+        from PIL import Image
+
+        from solo_tf.io import atomic_path
+        from solo_tf.media import safe_name
+
+        for k, (m, c) in enumerate(zip(inst["masks"], inst["classes"])):
+            label = inst["labels"][k] if "labels" in inst else str(int(c))
+            with atomic_path(self.dir / "masks" / f"{base}_{k}_{safe_name(label)}.png") as tmp:
+                Image.fromarray(np.asarray(m, np.uint8) * 255).save(tmp, format="PNG")
+            self.masks += 1
+
+    def _close_video(self):
+        if self._video is not None:
+            path = self._video[1].close()
+            if path is not None:
+                self.videos.append(str(path))
+            self._video = None
+
+    def finish(self):
+        self._close_video()
+
+    def abort(self):
+        if self._video is not None:
+            self._video[1].abort()
+            self._video = None
 
 
 # --- demo -----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Pictures: instance overlays (alone, or ground truth beside prediction), the target grid
-of each pyramid level, training curves.
+"""Pictures: instance overlays (alone, or ground truth beside prediction; a video frame's,
+:func:`annotate_frame`), the target grid of each pyramid level, training curves.
 
 Matplotlib through its object API and the Agg canvas (no pyplot, so no global backend is
 switched and nothing needs a display). Every picture has a title and a legend (class
@@ -161,6 +161,57 @@ def draw_instances(image, masks, classes, scores, class_names, path, score_thr=0
         [{"image": image, "masks": masks, "classes": classes, "scores": scores}],
         class_names, path, title or "prediction", score_thr, alpha,
     )
+
+
+def annotate_frame(image, instances: dict, class_names=None, alpha: float = 0.5) -> np.ndarray:
+    """One frame of an annotated video, drawn at the frame's own size (no figure): each
+    instance's mask blended in its class colour (the colours of :func:`draw_instances`),
+    outlined, and labelled ``name score`` at its box's top-left.
+
+    Args:
+        image: (h, w, 3) uint8 RGB.
+        instances: as :class:`solo_tf.inference.Predictor` gives them: ``masks`` (n, h, w),
+            ``classes`` (n,), ``scores`` (n,), optional ``boxes`` (n, 4) x1 y1 x2 y2 (the
+            work per instance is then its box's area, not the frame's).
+        class_names: names by class (None: the class number).
+
+    Returns:
+        (h, w, 3) uint8 RGB.
+    """
+    from PIL import Image, ImageDraw
+
+    out = np.array(image, np.float32)
+    masks, classes, scores = instances["masks"], np.asarray(instances["classes"]), np.asarray(instances["scores"])
+    boxes = np.asarray(instances.get("boxes", np.zeros((len(masks), 4))), np.float32)
+    colours = _palette(len(class_names) if class_names else int(classes.max(initial=0)) + 1) * 255.0
+    h, w = out.shape[:2]
+    labels = []
+    for m, c, s, box in zip(masks, classes.astype(int), scores, boxes):
+        if box[2] > box[0] and box[3] > box[1]:  # x2, y2 exclusive
+            x0, y0, x1, y1 = int(box[0]), int(box[1]), int(np.ceil(box[2])), int(np.ceil(box[3]))
+        else:
+            ys, xs = np.nonzero(m)
+            if not len(ys):
+                continue
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        colour = colours[c % len(colours)]
+        region, sub = out[y0:y1, x0:x1], np.asarray(m[y0:y1, x0:x1], bool)
+        region[sub] = (1 - alpha) * region[sub] + alpha * colour
+        inner = np.zeros_like(sub)  # a pixel is inside when its 4 neighbours are in the mask
+        inner[1:-1, 1:-1] = sub[1:-1, 1:-1] & sub[:-2, 1:-1] & sub[2:, 1:-1] & sub[1:-1, :-2] & sub[1:-1, 2:]
+        region[sub & ~inner] = colour
+        name = class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+        labels.append((x0, y0, f"{name} {float(s):.2f}", tuple(int(v) for v in colour)))
+    picture = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for x, y, text, colour in labels:
+        left, top, right, bottom = draw.textbbox((x, y), text)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return np.asarray(picture)
 
 
 def draw_comparison(image, truth, prediction, class_names, path, score_thr=0.0, alpha=0.5, title=None):
