@@ -320,20 +320,24 @@ def config_for_model(model_path, config=None) -> Config:
 
 
 def with_eval_data(config: Config, data, images=None) -> Config:
-    """A copy of ``config`` whose validation data is ``data``: a COCO instances JSON (image
-    folder ``images``, default ``images/`` beside it, else its folder) or a YAML config /
-    preset whose data section is used."""
+    """A copy of ``config`` whose validation data is ``data``: a file or folder some data
+    source reads (a COCO instances JSON, with ``images`` its image folder, default
+    ``images/`` beside it, else its folder; see each source's ``eval_data`` hook in
+    :mod:`solo_tf.data.catalog`), or else a YAML config / preset whose data section is used."""
+    from solo_tf.data.catalog import get_source, source_names
+
     cfg = copy.deepcopy(config)
     path = Path(data)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        if images is None:
-            images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-        cfg.data.source = "coco"
-        cfg.data.coco.val_annotations, cfg.data.coco.val_images = str(path), str(images)
-    else:
-        cfg.data = load_config(data).data
+    for name in source_names():
+        spec = get_source(name)
+        section = copy.deepcopy(cfg.data.sections.get(name) or spec.section())
+        if spec.eval_data is not None and spec.eval_data(section, path, images):
+            cfg.data.source = name
+            setattr(cfg.data, name, section)
+            return cfg
+    if images is not None:
+        raise ValueError(f"--images applies to a data file or folder; {data} is read as a config")
+    cfg.data = load_config(data).data
     return cfg
 
 
@@ -378,8 +382,8 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
     ds = prepare(src.records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
                  drop_remainder=False)
     category_ids = cfg.labels.category_ids
-    if cfg.data.source == "coco":  # score against the annotation file itself (crowd regions included)
-        coco_gt = load_coco_gt(cfg.data.coco.val_annotations)
+    if src.annotation_file is not None:  # score against the annotation file itself (crowd regions included)
+        coco_gt = load_coco_gt(src.annotation_file)
     else:  # the source's own full-resolution masks, not the stride-4 training targets
         coco_gt = build_coco_gt(
             ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
