@@ -222,7 +222,8 @@ class DataConfig:
     attributes (``cfg.data.<name>.<field>``) and keyword arguments
     (``DataConfig(source=<name>, <name>=<its section>(...))``); one never set reads as its
     defaults. ``max_instances`` is the data contract (ground truth is padded to it,
-    class -1 = padding).
+    class -1 = padding). ``dataclasses.replace`` keeps the fields and the sections it is
+    given, not the others: copy (``copy.deepcopy``) and set attributes instead.
     """
 
     source: str = DEFAULT_SOURCE  # one of solo_tf.data.catalog.source_names()
@@ -311,7 +312,7 @@ class DataConfig:
             if self.multiscale is None or (self.multiscale[1] - self.multiscale[0]) % self.multiscale_step:
                 raise ConfigError(f"data.multiscale_step {self.multiscale_step} must divide data.multiscale's "
                                   f"range {self.multiscale}")
-        for name, section in self.sections.items():
+        for section in self.sections.values():
             if hasattr(section, "validate"):
                 try:
                     section.validate()

@@ -583,8 +583,25 @@ def target_grid_levels(model, y) -> list:
 
 
 # --- convert --------------------------------------------------------------------------------
-def convert(images, masks, labels, bboxes, out_dir, *, trust_pickle=False, skip_bad=False, val_fraction=0.2,
-            seed=0, progress=True) -> dict:
+def convert(data, out_dir, *, skip_bad=False, progress=True) -> dict:
+    """A dataset as COCO JSON + image files (:func:`solo_tf.data.convert.convert_to_coco`):
+    the train / val splits of ``data``'s source (a Config, a DataConfig, or a preset / YAML
+    path whose data section is used), e.g. LabelMe, YOLO-seg or instance-PNG folders.
+    ``skip_bad``: skip and count bad records (as ``data.skip_bad``)."""
+    from solo_tf.config import DataConfig
+    from solo_tf.data.convert import convert_to_coco
+
+    if isinstance(data, Config):
+        data = data.data
+    elif not isinstance(data, DataConfig):
+        data = load_config(data).data
+    data = copy.deepcopy(data)
+    data.skip_bad = bool(data.skip_bad or skip_bad)
+    return convert_to_coco(data, out_dir, progress=progress)
+
+
+def convert_cis680(images, masks, labels, bboxes, out_dir, *, trust_pickle=False, skip_bad=False, val_fraction=0.2,
+                   seed=0, progress=True) -> dict:
     """The CIS680 h5/npy dataset as COCO JSON + PNG images
     (:func:`solo_tf.data.convert.convert_cis680_to_coco`)."""
     from solo_tf.data.convert import convert_cis680_to_coco

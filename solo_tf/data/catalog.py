@@ -9,7 +9,7 @@ read with numpy (and pycocotools / PIL / h5py inside their functions).
 from __future__ import annotations
 
 # Importing a source module registers it; the order is the order sources are listed in.
-from solo_tf.data import cis680, coco, shapes  # noqa: F401
+from solo_tf.data import cis680, coco, labelme, masks, shapes, yolo  # noqa: F401
 from solo_tf.data.registry import SourceSpec, registered
 
 # the source of a config that names none: the embedded generator, which needs no files
