@@ -9,7 +9,8 @@ image as COCO ``images`` / ``annotations`` entries (polygons stay polygons).
 
 An instance of class :data:`IGNORE` is an ignore region (LabelMe ``__ignore__``, the void
 value of an instance PNG): kept out of the training targets, as COCO's ``iscrowd`` objects
-are, and written to COCO as ``iscrowd: 1``.
+are, and written to COCO as ``iscrowd: 1`` (the records carry no crowd, so only evaluation
+on the converted COCO files scores them as crowd).
 
 Bad input follows the COCO reader's rules (:mod:`solo_tf.data.coco`): a polygon with fewer
 than 3 points is skipped (that part; the object if nothing is left), and so is an object of
