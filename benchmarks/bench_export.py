@@ -216,7 +216,8 @@ def train_tiny(variant, steps=80):
     shapes images, so its detections are real (the export tests' model)."""
     import keras
 
-    from solo_tf.config import DataConfig, ModelConfig, PostprocessConfig, ShapesSourceConfig
+    from solo_tf.config import DataConfig, ModelConfig, PostprocessConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
     from solo_tf.model import SOLO
 

@@ -49,7 +49,8 @@ def child(args):
 
     import keras
 
-    from solo_tf.config import ShapesSourceConfig, load_config
+    from solo_tf.config import load_config
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
     from solo_tf.losses import SOLOLoss
     from solo_tf.model import SOLO

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from solo_tf.config import DataConfig, ShapesSourceConfig, load_config  # noqa: E402
+from solo_tf.config import DataConfig, load_config  # noqa: E402
+from solo_tf.data.shapes import ShapesSourceConfig  # noqa: E402
 from solo_tf.data.grid_targets import add_grid_targets, grid_targets_supported  # noqa: E402
 from solo_tf.data.pipeline import prepare, shapes_source  # noqa: E402
 from solo_tf.model import SOLO  # noqa: E402

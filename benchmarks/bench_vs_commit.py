@@ -37,7 +37,8 @@ sys.path.insert(0, root)
 import keras
 import tensorflow as tf
 keras.config.set_dtype_policy(precision)
-from solo_tf.config import DataConfig, ShapesSourceConfig, load_config
+from solo_tf.config import DataConfig, load_config
+from solo_tf.data.shapes import ShapesSourceConfig
 from solo_tf.data.grid_targets import add_grid_targets
 from solo_tf.data.pipeline import prepare, shapes_source
 from solo_tf.data.sources import coco_source

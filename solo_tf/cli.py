@@ -191,17 +191,56 @@ def _cmd_predict(args):
     return 130 if res.summary["interrupted"] and not res.summary["live"] else 0
 
 
+# `convert` flags that set the field of the same meaning in the chosen source's section
+_CONVERT_FIELDS = (("train", "train"), ("val", "val"), ("class_names", "class_names"), ("data", "dataset"),
+                   ("train_split", "train_split"), ("val_split", "val_split"), ("ignore_value", "ignore_value"))
+
+
 def _cmd_convert(args):
     from solo_tf import tasks
+    from solo_tf.config import ConfigError, DataConfig, load_config
 
-    result = tasks.convert(args.images, args.masks, args.labels, args.bboxes, args.out,
-                           trust_pickle=args.trust_pickle, skip_bad=args.skip_bad,
-                           val_fraction=args.val_fraction, seed=args.seed)
-    result = dict(result)
-    bad = result.pop("bad", None)
-    if bad is not None and bad.total:
-        _log(f"solo-tf: {bad.summary()}")
-    _print_json(dict(result, skipped=bad.total if bad is not None else 0))
+    if args.images or args.masks or args.labels or args.source == "cis680":  # its own files and layout
+        missing = [f"--{k}" for k in ("images", "masks", "labels") if not getattr(args, k)]
+        if missing or args.source not in (None, "cis680") or args.config:
+            raise ConfigError(f"convert --from cis680 takes --images, --masks and --labels (missing: "
+                              f"{', '.join(missing) or 'none'}) and neither another --from nor --config")
+        result = tasks.convert_cis680(args.images, args.masks, args.labels, args.bboxes, args.out,
+                                      trust_pickle=args.trust_pickle, skip_bad=args.skip_bad,
+                                      val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+                                      seed=args.seed or 0)
+        bad = result.pop("bad", None)
+        if bad is not None and bad.total:
+            _log(f"solo-tf: {bad.summary()}")
+        _print_json(dict(result, skipped=bad.total if bad is not None else 0))
+        return
+    if args.config:
+        data = load_config(args.config).data
+        if args.source not in (None, data.source):
+            raise ConfigError(f"--from {args.source} but the config's data.source is {data.source!r}")
+    elif args.source:
+        data = DataConfig(source=args.source)
+    else:
+        raise ConfigError("convert needs --from FORMAT (or --config, or the CIS680 flags --images/--masks/--labels)")
+    for flag in ("bboxes", "trust_pickle", "val_fraction", "seed"):
+        if getattr(args, flag) not in (None, False):
+            raise ConfigError(f"--{flag.replace('_', '-')} applies to --from cis680 only")
+    section = getattr(data, data.source)
+    for flag, field in _CONVERT_FIELDS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if not hasattr(section, field):
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --from {data.source} "
+                              f"(data.{data.source} has no {field!r})")
+        setattr(section, field, value)
+    data.validate()
+    result = tasks.convert(data, args.out, skip_bad=args.skip_bad)
+    logs = result.pop("bad")
+    for log in logs:
+        if log.total:
+            _log(f"solo-tf: {log.summary()}")
+    _print_json(dict(result, skipped=sum(log.total for log in logs)))
 
 
 def _cmd_info(args):
@@ -245,6 +284,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from solo_tf.data.catalog import source_names  # no TensorFlow: --help stays quick
+
     # --verbose is accepted before or after the command. The sub-commands' flag has no
     # default (SUPPRESS), so it cannot reset a --verbose given before the command; it is a
     # separate action from the top-level one (parents share action objects, defaults too).
@@ -330,17 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_arguments(x)
     x.set_defaults(func=_cmd_export)
 
-    c = sub.add_parser("convert", parents=[common], help="convert the CIS680 h5/npy dataset to COCO JSON + PNG images")
-    c.add_argument("--images", required=True, help="images h5 (key 'data', N x 3 x 300 x 400)")
-    c.add_argument("--masks", required=True, help="masks h5 (key 'data', stored consecutively per image)")
-    c.add_argument("--labels", required=True, help="labels npy (object array)")
-    c.add_argument("--bboxes", help="bboxes npy (object array)")
-    c.add_argument("--out", required=True, help="output folder: images/, annotations.json, train.json, val.json")
+    c = sub.add_parser("convert", parents=[common],
+                       help="convert a dataset (LabelMe, YOLO-seg, instance PNGs, CIS680) to COCO JSON + images")
+    c.add_argument("--from", dest="source", choices=source_names(),
+                   help="the dataset's format: labelme, yolo, masks, cis680 (default: cis680 when --images is given)")
+    c.add_argument("--to", default="coco", choices=("coco",), help="the output format (COCO instances JSON)")
+    c.add_argument("--out", required=True, help="output folder: train.json, val.json and images/ (CIS680: "
+                                                "annotations.json too)")
+    c.add_argument("--config", help="convert this config's data section (its data.source) instead of the flags")
+    c.add_argument("--train", help="labelme, masks: the training folder")
+    c.add_argument("--val", help="labelme, masks: the validation folder")
+    c.add_argument("--class-names", nargs="+", help="labelme: the class order (default: the labels, sorted); "
+                                                    "masks: the names of class values 1, 2, ...")
+    c.add_argument("--data", help="yolo: the dataset YAML (names, path, train, val)")
+    c.add_argument("--train-split", help="yolo: the YAML's training split (default train)")
+    c.add_argument("--val-split", help="yolo: the YAML's validation split (default val)")
+    c.add_argument("--ignore-value", type=int, help="masks: the value of ignore regions (default 255)")
+    c.add_argument("--images", help="cis680: images h5 (key 'data', N x 3 x 300 x 400)")
+    c.add_argument("--masks", help="cis680: masks h5 (key 'data', stored consecutively per image)")
+    c.add_argument("--labels", help="cis680: labels npy (object array)")
+    c.add_argument("--bboxes", help="cis680: bboxes npy (object array)")
     c.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading object-array npy files (pickle can run code: only for files you trust)")
+                   help="cis680: allow loading object-array npy files (pickle can run code: only for files you trust)")
     c.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
-    c.add_argument("--val-fraction", type=float, default=0.2)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--val-fraction", type=float, help="cis680: the validation share (default 0.2)")
+    c.add_argument("--seed", type=int, help="cis680: the split's seed (default 0)")
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("info", parents=[common],

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from solo_tf.data.catalog import DEFAULT_SOURCE, section_types
+
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -203,65 +205,21 @@ class LabelsConfig:
         return list(self.class_names) if self.class_names else [str(i) for i in range(num_classes)]
 
 
-@dataclass
-class ShapesSourceConfig:
-    """``data.source: shapes``: the embedded procedural generator."""
-
-    num_train: int = 2000
-    num_val: int = 200
-    image_size: tuple[int, int] = (128, 128)
-    max_objects: int = 6
-    object_size: tuple[float, float] = (0.08, 0.6)  # object size range, fraction of the short side
-
-    def validate(self) -> None:
-        _positive("data.shapes.num_train", self.num_train)
-        if not isinstance(self.num_val, int) or self.num_val < 0:
-            raise ConfigError(f"data.shapes.num_val must be an integer >= 0, got {self.num_val!r}")
-        _positive("data.shapes.max_objects", self.max_objects)
-        lo, hi = self.object_size
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.shapes.object_size must be (lo, hi) with 0 < lo <= hi <= 1, got {self.object_size}")
-
-
-@dataclass
-class CocoSourceConfig:
-    """``data.source: coco``: instances JSON files and their image folders."""
-
-    train_annotations: str | None = None
-    train_images: str | None = None
-    val_annotations: str | None = None
-    val_images: str | None = None
-
-
-@dataclass
-class CIS680SourceConfig:
-    """``data.source: cis680``: the homework's h5/npy files, split train/val by a seeded draw."""
-
-    images: str | None = None
-    masks: str | None = None
-    labels: str | None = None
-    bboxes: str | None = None
-    trust_pickle: bool = False  # the npy files are pickled object arrays: only for files you trust
-    val_fraction: float = 0.2
-
-    def validate(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"data.cis680.val_fraction must be in (0, 1), got {self.val_fraction}")
-
-
-@dataclass
+@dataclass(init=False, eq=False, repr=False)
 class DataConfig:
     """Where training / evaluation images come from and how they are prepared.
 
-    ``source`` picks one of the sub-sections; ``max_instances`` is the data contract
-    (ground truth is padded to it, class -1 = padding).
+    ``source`` names a registered data source (:mod:`solo_tf.data.catalog`); its settings
+    are the section ``data.<source>``, a dataclass the source module defines. Sections are
+    attributes (``cfg.data.<name>.<field>``) and keyword arguments
+    (``DataConfig(source=<name>, <name>=<its section>(...))``); one never set reads as its
+    defaults. ``max_instances`` is the data contract (ground truth is padded to it,
+    class -1 = padding). ``dataclasses.replace`` keeps the fields and the sections it is
+    given, not the others: copy (``copy.deepcopy``) and set attributes instead.
     """
 
-    source: str = "shapes"  # shapes | coco | cis680
+    source: str = DEFAULT_SOURCE  # one of solo_tf.data.catalog.source_names()
     max_instances: int = 100
-    shapes: ShapesSourceConfig = field(default_factory=ShapesSourceConfig)
-    coco: CocoSourceConfig = field(default_factory=CocoSourceConfig)
-    cis680: CIS680SourceConfig = field(default_factory=CIS680SourceConfig)
     # augmentation (training only)
     multiscale: tuple[int, int] | None = None  # short-side range, e.g. (640, 800)
     # None: any integer short side in the range; an int: only lo, lo + step, ..., hi (the
@@ -272,8 +230,72 @@ class DataConfig:
     skip_bad: bool = False
     seed: int = 0
 
+    def __init__(self, **kwargs):
+        sections = self.section_types()
+        self._sections = {}
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, kwargs.pop(f.name, f.default))
+        for name, value in kwargs.items():
+            if name not in sections:
+                raise TypeError(f"DataConfig: unknown field or data section {name!r} (fields: "
+                                f"{', '.join(f.name for f in dataclasses.fields(self))}; sections: "
+                                f"{', '.join(sections)})")
+            setattr(self, name, value)
+
+    @staticmethod
+    def section_types() -> dict:
+        """``{source name: section dataclass}`` of the registered data sources."""
+        return section_types()
+
+    def __getattr__(self, name):
+        # reached for names that are not plain attributes: the source sections
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._sections:
+            return self._sections[name]
+        section = self.section_types().get(name)
+        if section is None:
+            raise AttributeError(f"'DataConfig' has no attribute {name!r}")
+        value = self._sections[name] = section()
+        return value
+
+    def __setattr__(self, name, value):
+        section = self.section_types().get(name) if not name.startswith("_") else None
+        if section is None:
+            object.__setattr__(self, name, value)
+        elif not isinstance(value, section):
+            raise TypeError(f"data.{name} must be a {section.__name__}, got {type(value).__name__}")
+        else:
+            self._sections[name] = value
+
+    @property
+    def sections(self) -> dict:
+        """The sections set, read or loaded, and the current source's: ``{name: section}``."""
+        getattr(self, self.source, None)  # the current source's, at its defaults if never set
+        return dict(self._sections)
+
+    def to_dict(self) -> dict:
+        """The YAML form: the fields, with :attr:`sections` after ``max_instances``."""
+        d = {}
+        for f in dataclasses.fields(self):
+            d[f.name] = _to_plain(getattr(self, f.name))
+            if f.name == "max_instances":
+                d.update({k: _to_plain(dataclasses.asdict(v)) for k, v in self.sections.items()})
+        return d
+
+    def __eq__(self, other):
+        if not isinstance(other, DataConfig):
+            return NotImplemented
+        names = set(self._sections) | set(other._sections)
+        return (all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self))
+                and all(getattr(self, n) == getattr(other, n) for n in names))
+
+    def __repr__(self):
+        fields = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
+        return f"DataConfig({', '.join(fields + [f'{k}={v!r}' for k, v in self._sections.items()])})"
+
     def validate(self) -> None:
-        _one_of("data.source", self.source, ("shapes", "coco", "cis680"))
+        _one_of("data.source", self.source, tuple(self.section_types()))
         _positive("data.max_instances", self.max_instances)
         if self.multiscale is not None and not 0 < self.multiscale[0] <= self.multiscale[1]:
             raise ConfigError(f"data.multiscale must be (lo, hi) with 0 < lo <= hi, got {self.multiscale}")
@@ -282,8 +304,14 @@ class DataConfig:
             if self.multiscale is None or (self.multiscale[1] - self.multiscale[0]) % self.multiscale_step:
                 raise ConfigError(f"data.multiscale_step {self.multiscale_step} must divide data.multiscale's "
                                   f"range {self.multiscale}")
-        self.shapes.validate()
-        self.cis680.validate()
+        for section in self.sections.values():
+            if hasattr(section, "validate"):
+                try:
+                    section.validate()
+                except ConfigError:
+                    raise
+                except ValueError as e:  # a source's section names its key itself
+                    raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -382,7 +410,9 @@ class Config:
 
     # --- YAML ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        d = _to_plain(dataclasses.asdict(self))
+        d["data"] = self.data.to_dict()  # its source sections are not dataclass fields
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "Config":
@@ -553,6 +583,9 @@ def apply_overrides(config: Config, assignments) -> Config:
         parts = key.split(".")
         node = d
         for i, part in enumerate(parts[:-1]):
+            if i == 1 and parts[0] == "data" and isinstance(node, dict) and part not in node \
+                    and part in DataConfig.section_types():
+                node[part] = {}  # a data source's section the config has not written yet
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(f"--set: unknown key '{'.'.join(parts[: i + 1])}'"
                                   + (f"; valid keys: {', '.join(node)}" if isinstance(node, dict) else ""))
@@ -597,7 +630,10 @@ def section_from_dict(cls, d, where):
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
+    sections = cls.section_types() if hasattr(cls, "section_types") else {}  # DataConfig: one per data source
+    hints.update(sections)
+    fields += list(sections)
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key '{_join(where, unknown[0])}'; valid keys: {', '.join(fields)}")

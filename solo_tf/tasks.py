@@ -346,29 +346,33 @@ def _fit_verbosity():
 
 # --- evaluation data ---------------------------------------------------------------------------
 def with_eval_data(config: Config, data, images=None) -> Config:
-    """A copy of ``config`` whose validation data is ``data``: a COCO instances JSON (image
-    folder ``images``, default ``images/`` beside it, else its folder) or a YAML config /
-    preset whose data section is used."""
+    """A copy of ``config`` whose validation data is ``data``: a file or folder some data
+    source reads (a COCO instances JSON, with ``images`` its image folder, default
+    ``images/`` beside it, else its folder; see each source's ``eval_data`` hook in
+    :mod:`solo_tf.data.catalog`), or else a YAML config / preset whose data section is used."""
+    from solo_tf.data.catalog import get_source, source_names
+
     cfg = copy.deepcopy(config)
     path = Path(data)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        if images is None:
-            images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-        cfg.data.source = "coco"
-        cfg.data.coco.val_annotations, cfg.data.coco.val_images = str(path), str(images)
-    else:
-        cfg.data = load_config(data).data
+    for name in source_names():
+        spec = get_source(name)
+        section = copy.deepcopy(cfg.data.sections.get(name) or spec.section())
+        if spec.eval_data is not None and spec.eval_data(section, path, images):
+            cfg.data.source = name
+            setattr(cfg.data, name, section)
+            return cfg
+    if images is not None:
+        raise ValueError(f"--images applies to a data file or folder; {data} is read as a config")
+    cfg.data = load_config(data).data
     return cfg
 
 
 def evaluation_data(cfg: Config, max_images=None):
     """The validation split of ``cfg``'s data, ready to score: (the RecordSource, batches
-    ``(images, y, meta)`` of it, the pycocotools ground truth). COCO data is scored against
-    its annotation file itself (crowd regions included); other sources against their own
-    full-resolution masks, not the stride-4 training targets. ``max_images``: the first
-    this many images only."""
+    ``(images, y, meta)`` of it, the pycocotools ground truth). A split with an annotation
+    file (COCO) is scored against that file itself (crowd regions included); other sources
+    against their own full-resolution masks, not the stride-4 training targets.
+    ``max_images``: the first this many images only."""
     from solo_tf.data.pipeline import load_source, prepare
     from solo_tf.evaluation import build_coco_gt, load_coco_gt
 
@@ -378,9 +382,9 @@ def evaluation_data(cfg: Config, max_images=None):
     records = src.records if max_images is None else src.records.take(int(max_images))
     ds = prepare(records, cfg.model, cfg.data, cfg.train.batch_size, training=False, with_meta=True,
                  drop_remainder=False)
-    if cfg.data.source == "coco":
-        coco_gt = load_coco_gt(cfg.data.coco.val_annotations)
-    else:
+    if src.annotation_file is not None:  # the annotation file itself (crowd regions included)
+        coco_gt = load_coco_gt(src.annotation_file)
+    else:  # the source's own full-resolution masks, not the stride-4 training targets
         coco_gt = build_coco_gt(
             ({"image_id": r["image_id"], "masks": r["masks"], "classes": r["classes"],
               "height": r["image"].shape[0], "width": r["image"].shape[1]}
@@ -782,8 +786,25 @@ def _demo_pictures(model, cfg: Config, out_dir, num_images=DEMO_PICTURES) -> lis
 
 
 # --- convert --------------------------------------------------------------------------------
-def convert(images, masks, labels, bboxes, out_dir, *, trust_pickle=False, skip_bad=False, val_fraction=0.2,
-            seed=0, progress=True) -> dict:
+def convert(data, out_dir, *, skip_bad=False, progress=True) -> dict:
+    """A dataset as COCO JSON + image files (:func:`solo_tf.data.convert.convert_to_coco`):
+    the train / val splits of ``data``'s source (a Config, a DataConfig, or a preset / YAML
+    path whose data section is used), e.g. LabelMe, YOLO-seg or instance-PNG folders.
+    ``skip_bad``: skip and count bad records (as ``data.skip_bad``)."""
+    from solo_tf.config import DataConfig
+    from solo_tf.data.convert import convert_to_coco
+
+    if isinstance(data, Config):
+        data = data.data
+    elif not isinstance(data, DataConfig):
+        data = load_config(data).data
+    data = copy.deepcopy(data)
+    data.skip_bad = bool(data.skip_bad or skip_bad)
+    return convert_to_coco(data, out_dir, progress=progress)
+
+
+def convert_cis680(images, masks, labels, bboxes, out_dir, *, trust_pickle=False, skip_bad=False, val_fraction=0.2,
+                   seed=0, progress=True) -> dict:
     """The CIS680 h5/npy dataset as COCO JSON + PNG images
     (:func:`solo_tf.data.convert.convert_cis680_to_coco`)."""
     from solo_tf.data.convert import convert_cis680_to_coco

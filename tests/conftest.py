@@ -80,7 +80,8 @@ def train_tiny(variant, epochs=40):
     real detections, not empty slots; its losses are what test_overfit checks."""
     import keras
 
-    from solo_tf.config import DataConfig, LabelsConfig, PostprocessConfig, ShapesSourceConfig
+    from solo_tf.config import DataConfig, LabelsConfig, PostprocessConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
     from solo_tf.model import SOLO
 

@@ -7,10 +7,12 @@ tf = pytest.importorskip("tensorflow")
 h5py = pytest.importorskip("h5py")
 pytest.importorskip("pycocotools")
 
-from solo_tf.config import CIS680SourceConfig, DataConfig  # noqa: E402
+from solo_tf.config import DataConfig  # noqa: E402
+from solo_tf.data.cis680 import CIS680SourceConfig  # noqa: E402
 from solo_tf.data.cis680 import CLASS_NAMES, Cis680Dataset  # noqa: E402
 from solo_tf.data.errors import DataError  # noqa: E402
-from solo_tf.data.sources import cis680_source, cis680_sources  # noqa: E402
+from solo_tf.data.registry import Split  # noqa: E402
+from solo_tf.data.sources import cis680_source, open_data, split_records  # noqa: E402
 
 H, W = 30, 40
 LABELS = [[1], [2, 3], [], [3], [1, 2, 2], [2], [1], [3, 1], [2], [1]]  # 10 images, 13 objects
@@ -61,6 +63,11 @@ def write_cis680(root, labels=LABELS, images=None, masks=None, boxes=None, label
     return paths
 
 
+def tf_records(ds):
+    """Every good image of a Cis680Dataset as records."""
+    return split_records(Split(ds, ds.class_names, bad_records=ds.bad, indices=ds.indices))
+
+
 def open_ds(paths, **kw):
     kw.setdefault("trust_pickle", True)
     kw.setdefault("progress", False)
@@ -84,7 +91,7 @@ def test_records_have_the_expected_tensors(cis_files):
     images, masks, _ = make_arrays()
     ds = open_ds(cis_files)
     assert len(ds) == 10 and ds.class_names == CLASS_NAMES
-    recs = [tf.nest.map_structure(lambda t: t.numpy(), r) for r in ds.records()]
+    recs = [tf.nest.map_structure(lambda t: t.numpy(), r) for r in tf_records(ds)]
     start = 0
     for i, (r, lab) in enumerate(zip(recs, LABELS)):
         assert r["image_id"] == i + 1
@@ -156,10 +163,10 @@ def test_both_splits_come_from_one_scan_and_share_its_log(cis_files, monkeypatch
         return original(self, masks)
 
     monkeypatch.setattr(Cis680Dataset, "_scan_masks", counted)
-    both = cis680_sources(data_config(cis_files, skip_bad=True), num_classes=3)
+    both = open_data(data_config(cis_files, skip_bad=True), num_classes=3)
     assert len(scans) == 1
     assert both["train"].bad_records is both["val"].bad_records
-    cis680_sources(data_config(cis_files, skip_bad=True), num_classes=3)
+    open_data(data_config(cis_files, skip_bad=True), num_classes=3)
     assert len(scans) == 2  # a second call scans again: nothing is cached between calls
 
 
@@ -188,7 +195,7 @@ def test_label_out_of_range(tmp_path):
     assert ds.bad.counts == {"label out of range": 1}
     assert 3 not in ds.indices and len(ds) == 9
     assert "label out of range" in ds.bad.summary()
-    ids = [int(r["image_id"]) for r in ds.records()]
+    ids = [int(r["image_id"]) for r in tf_records(ds)]
     assert 4 not in ids and len(ids) == 9
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
+from solo_tf.config import Config, DataConfig, TrainConfig
+from solo_tf.data.shapes import ShapesSourceConfig
 
 # What TensorFlow's C++ start-up logging looks like: absl / glog prefixed lines
 # ("I0000 00:00:1795545002.797 15338 port.cc:153] ...") and the known messages.

@@ -7,10 +7,12 @@ tf = pytest.importorskip("tensorflow")
 mask_utils = pytest.importorskip("pycocotools.mask")
 Image = pytest.importorskip("PIL.Image")
 
-from solo_tf.config import CocoSourceConfig, Config, DataConfig, LabelsConfig  # noqa: E402
+from solo_tf.config import Config, DataConfig, LabelsConfig  # noqa: E402
+from solo_tf.data.coco import CocoSourceConfig  # noqa: E402
 from solo_tf.data.coco import CocoDataset, rle_string_counts  # noqa: E402
 from solo_tf.data.errors import BadRecordLog, DataError, data_error_from  # noqa: E402
-from solo_tf.data.sources import coco_source, load_source, open_sources  # noqa: E402
+from solo_tf.data.registry import Split  # noqa: E402
+from solo_tf.data.sources import coco_source, load_source, open_sources, split_records  # noqa: E402
 
 # Fixture: three images.
 #   image 11 (40 x 50): a polygon (category 5 "car"), a compressed RLE (category 9 "dog"),
@@ -106,7 +108,8 @@ def by_id(records):
 
 
 def tf_records(ds):
-    return [tf.nest.map_structure(lambda t: t.numpy(), r) for r in ds.records()]
+    split = Split(ds, ds.class_names, bad_records=ds.bad)
+    return [tf.nest.map_structure(lambda t: t.numpy(), r) for r in split_records(split, skip_bad=ds.skip_bad)]
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -277,7 +280,7 @@ def test_a_split_opened_alone_depends_only_on_the_config(coco_files, tmp_path):
 def test_num_classes_mismatch_names_the_file(coco_files):
     ann, image_dir = coco_files
     data = DataConfig(source="coco", max_instances=4, coco=CocoSourceConfig(train_annotations=str(ann), train_images=str(image_dir)))
-    with pytest.raises(DataError, match=r"annotations.json: has 3 categories but model.num_classes is 80"):
+    with pytest.raises(DataError, match=r"annotations.json: has 3 classes \(car, unused, dog\) but model.num_classes is 80"):
         coco_source(data, "train", num_classes=80)
 
 

@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 def _batch(path, count=8):
     """Shapes images with different object counts (so the replicas' positives differ) and
     their padded ground truth, saved for the subprocesses."""
-    from solo_tf.config import DataConfig, ShapesSourceConfig
+    from solo_tf.config import DataConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
 
     cfg = tiny_model_config("solov2", image_size=(64, 64), num_classes=6)
@@ -131,7 +132,8 @@ def _free_ports(n):
 
 def test_two_workers_on_localhost_agree_on_the_weights(tmp_path):
     """`solo-tf train --strategy multiworker` in two processes joined by TF_CONFIG."""
-    from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
+    from solo_tf.config import Config, DataConfig, TrainConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
 
     cfg = Config(
         name="tiny_multiworker",

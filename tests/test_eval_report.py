@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CANVAS, TINY_CATEGORY_IDS, TINY_CLASS_NAMES, tiny_model_config
-from solo_tf.config import Config, ConfigError, DataConfig, ShapesSourceConfig, TrainConfig
+from solo_tf.config import Config, ConfigError, DataConfig, TrainConfig
+from solo_tf.data.shapes import ShapesSourceConfig
 
 
 def _shapes_config(num_val=6, **train):

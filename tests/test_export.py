@@ -633,7 +633,8 @@ def test_quantised_tflite_agrees_with_fp32(quantize, trained, tflite_export, tmp
     files store their weights in the lower precision and agree with fp32 on held-out images."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from solo_tf.config import Config, DataConfig, ShapesSourceConfig
+    from solo_tf.config import Config, DataConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.export import export_model
     from solo_tf.parity import mask_agreement
 

@@ -146,7 +146,8 @@ def test_predict_command_names_a_bad_image(tmp_path, capsys):
 
 def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
     from solo_tf.cli import main
-    from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
+    from solo_tf.config import Config, DataConfig, TrainConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
 
     model = _model()
     run = tmp_path / "run"

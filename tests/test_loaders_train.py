@@ -6,7 +6,8 @@ import json
 import numpy as np
 
 from conftest import tiny_model_config
-from solo_tf.config import CocoSourceConfig, Config, DataConfig, LabelsConfig, TrainConfig
+from solo_tf.config import Config, DataConfig, LabelsConfig, TrainConfig
+from solo_tf.data.coco import CocoSourceConfig
 
 
 def _train(tmp_path, data, num_classes, capsys):

@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def shapes_batch(tmp_path_factory):
     from conftest import tiny_model_config
-    from solo_tf.config import DataConfig, ShapesSourceConfig
+    from solo_tf.config import DataConfig
+    from solo_tf.data.shapes import ShapesSourceConfig
     from solo_tf.data.pipeline import prepare, shapes_source
 
     cfg = tiny_model_config("solov2", image_size=(64, 64), num_classes=6)

@@ -4,7 +4,6 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from solo_tf.config import Config, DataConfig, ModelConfig  # noqa: E402
-from solo_tf.data import sources  # noqa: E402
 from solo_tf.data.pipeline import PipelineStats, build_datasets, prepare  # noqa: E402
 from solo_tf.data.sources import shapes_source  # noqa: E402
 from solo_tf.data.shapes import CLASS_NAMES  # noqa: E402
@@ -322,8 +321,10 @@ def test_build_datasets_for_shapes():
 
 
 def test_a_source_whose_reader_is_not_installed_is_named(monkeypatch):
-    kind = sources.SOURCES["coco"]
-    monkeypatch.setitem(sources.SOURCES, "coco", kind._replace(requires=("solo_tf_not_installed",)))
+    from solo_tf.data import registry
+
+    kind = registry.registered()["coco"]
+    monkeypatch.setitem(registry._SOURCES, "coco", kind._replace(requires=("solo_tf_not_installed",)))
     cfg = shapes_config()
     cfg.data.source = "coco"
     with pytest.raises(RuntimeError, match="data.source='coco' needs solo_tf_not_installed"):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from solo_tf.config import Config, DataConfig, ShapesSourceConfig, TrainConfig
+from solo_tf.config import Config, DataConfig, TrainConfig
+from solo_tf.data.shapes import ShapesSourceConfig
 
 
 def _tiny_config(**train):

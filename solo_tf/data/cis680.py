@@ -18,19 +18,29 @@ object; a label out of range or bboxes that do not match the labels drop the ima
 Problems with a file as a whole (missing, unreadable, no ``data`` key, wrong rank, mask and
 image sizes differing, mask count not the label total) always raise: the records cannot be
 lined up without them.
+
+As a data source: ``data.source: cis680``, files in ``data.cis680``
+(:class:`CIS680SourceConfig`); ``train`` / ``val`` (alias ``test``) are a seeded draw of
+``val_fraction`` of the images, from one scan of the files.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from solo_tf.data.errors import BadRecordLog, DataError, Progress
+from solo_tf.data.registry import SPLITS, Split, register_source
 
+NAME = "cis680"
 CLASS_NAMES = ("vehicle", "person", "animal")
+# The label values (1 vehicle, 2 person, 3 animal) are the category ids, as `solo-tf convert`
+# writes them into COCO JSON.
+CATEGORY_IDS = (1, 2, 3)
 _SCAN_CHUNK = 128  # masks read per h5 slice while scanning
 
 PICKLE_REFUSED = (
@@ -296,32 +306,6 @@ class Cis680Dataset:
             "image_id": np.int64(i + 1),
         }
 
-    def records(self, indices=None, shuffle: bool = False, seed: int = 0):
-        """Unbatched ``tf.data`` records of ``indices`` (default: every good image), read in parallel."""
-        import tensorflow as tf
-
-        idx = np.asarray(self.indices if indices is None else list(indices), np.int64)
-        h, w = self.image_size
-
-        def _read(i):
-            r = self.load(int(i))
-            return r["image"], r["masks"], r["classes"], r["image_id"]
-
-        def _record(i):
-            image, masks, classes, image_id = tf.numpy_function(
-                _read, [i], [tf.uint8, tf.uint8, tf.int32, tf.int64], stateful=False
-            )
-            image.set_shape((h, w, 3))
-            masks.set_shape((None, h, w))
-            classes.set_shape((None,))
-            image_id.set_shape(())
-            return {"image": image, "masks": masks, "classes": classes, "image_id": image_id}
-
-        ds = tf.data.Dataset.from_tensor_slices(idx) if len(idx) else tf.data.Dataset.range(0)
-        if shuffle and len(idx):
-            ds = ds.shuffle(len(idx), seed=seed, reshuffle_each_iteration=True)
-        return ds.map(_record, num_parallel_calls=tf.data.AUTOTUNE)
-
 
 def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
     """The validated :class:`Cis680Dataset` of a DataConfig's ``data.cis680`` files (scanned now)."""
@@ -332,3 +316,40 @@ def cis680_dataset(data_config, progress: bool = True) -> Cis680Dataset:
         raise DataError(f"data.source is 'cis680' but data.cis680.{missing[0]} is not set")
     return Cis680Dataset(*paths, bboxes_npy=c.bboxes, trust_pickle=c.trust_pickle,
                          skip_bad=data_config.skip_bad, progress=progress)
+
+
+# --- the data source ----------------------------------------------------------------------------
+@dataclass
+class CIS680SourceConfig:
+    """``data.source: cis680``: the homework's h5/npy files, split train/val by a seeded draw."""
+
+    images: str | None = None
+    masks: str | None = None
+    labels: str | None = None
+    bboxes: str | None = None
+    trust_pickle: bool = False  # the npy files are pickled object arrays: only for files you trust
+    val_fraction: float = 0.2
+
+    def validate(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.cis680.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def open_splits(data_config, splits=SPLITS, labels=None, progress: bool = True) -> dict:
+    """The seeded ``train`` / ``val`` (alias ``test``) splits of the CIS680 files, from one scan.
+
+    The split is ``data_config.cis680.val_fraction`` (0.2: the homework's 80/20) of the
+    images, drawn with ``data_config.seed``. Training records come in a freshly shuffled
+    order each epoch. Both splits share one reader and one bad-record log.
+    """
+    for split in splits:
+        if split not in SPLITS + ("test",):
+            raise DataError(f"cis680: split must be one of train, val, test; got {split!r}")
+    ds = cis680_dataset(data_config, progress=progress)
+    train, val = ds.split(data_config.cis680.val_fraction, data_config.seed)
+    return {split: Split(ds, CLASS_NAMES, CATEGORY_IDS, ds.bad, indices=train if split == "train" else val,
+                         shuffle=split == "train", image_size=ds.image_size, origin="the cis680 source")
+            for split in splits}
+
+
+register_source(NAME, section=CIS680SourceConfig, open=open_splits, requires=("h5py", "pycocotools"))

@@ -28,17 +28,25 @@ smallest unit that keeps the targets honest:
 
 Problems with the file as a whole (not found, truncated or invalid JSON, no ``images`` /
 ``annotations`` / ``categories`` list, malformed or duplicate categories) always raise.
+
+As a data source: ``data.source: coco``, files in ``data.coco`` (:class:`CocoSourceConfig`).
+The validation split takes the training split's category map (or a trained model's,
+``labels.category_ids``), so one category id is one class index in both.
 """
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from solo_tf.data.errors import BadRecordLog, DataError, Progress
+from solo_tf.data.registry import Split, register_source
+
+NAME = "coco"
 
 # Largest image the reader accepts (pixels): a bigger height * width in the JSON is a
 # corrupt entry, not a photo, and rasterising masks for it would exhaust memory.
@@ -459,46 +467,6 @@ class CocoDataset:
         return {"image": np.ascontiguousarray(image, dtype=np.uint8), "masks": masks, "classes": classes,
                 "image_id": np.int64(iid)}
 
-    def _load_or_skip(self, index):
-        try:
-            r = self.load(int(index))
-            return r["image"], r["masks"], r["classes"], r["image_id"], np.bool_(True)
-        except DataError as e:
-            if not self.skip_bad:
-                raise
-            self.bad.skip(e.reason or "bad image", str(e))
-            return (np.zeros((1, 1, 3), np.uint8), np.zeros((0, 1, 1), np.uint8), np.zeros((0,), np.int32),
-                    np.int64(self._order[int(index)]), np.bool_(False))
-
-    def records(self, shuffle: bool = False, seed: int = 0):
-        """Unbatched ``tf.data`` records, decoded in parallel (``num_parallel_calls=AUTOTUNE``).
-
-        ``shuffle`` permutes the image order each epoch (seeded) before decoding, which is
-        cheap; a decoded-record shuffle buffer only needs to mix locally after it. Decode
-        errors raise (the TF error carries the DataError message and the image path); with
-        ``skip_bad`` the image is skipped and counted in :attr:`bad`.
-        """
-        import tensorflow as tf
-
-        def _record(i):
-            image, masks, classes, image_id, ok = tf.numpy_function(
-                self._load_or_skip, [i], [tf.uint8, tf.uint8, tf.int32, tf.int64, tf.bool], stateful=False
-            )
-            image.set_shape((None, None, 3))
-            masks.set_shape((None, None, None))
-            classes.set_shape((None,))
-            image_id.set_shape(())
-            ok.set_shape(())
-            return {"image": image, "masks": masks, "classes": classes, "image_id": image_id}, ok
-
-        ds = tf.data.Dataset.range(len(self))
-        if shuffle and len(self):
-            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(_record, num_parallel_calls=tf.data.AUTOTUNE)
-        if self.skip_bad:
-            ds = ds.filter(lambda record, ok: ok)
-        return ds.map(lambda record, ok: record)
-
 
 def coco_dataset(
     data_config, split: str, category_map: dict | None = None, progress: bool = True
@@ -521,3 +489,60 @@ def coco_dataset(
     if images is None:
         images = str(Path(ann).parent)  # image files beside the JSON when no folder is given
     return CocoDataset(ann, images, skip_bad=data_config.skip_bad, category_map=category_map, progress=progress)
+
+
+# --- the data source ----------------------------------------------------------------------------
+@dataclass
+class CocoSourceConfig:
+    """``data.source: coco``: instances JSON files and their image folders (default: the
+    JSON's folder)."""
+
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+
+
+def _labels_category_map(labels):
+    """The category map a config's labels fix (a trained model's), or None."""
+    if labels is None or not labels.category_ids:
+        return None
+    names = labels.class_names
+    return {i: {"id": int(cid), **({"name": str(names[i])} if names else {})}  # no name: the file's
+            for i, cid in enumerate(labels.category_ids)}
+
+
+def open_splits(data_config, splits, labels=None, progress: bool = True) -> dict:
+    """The COCO splits asked for; ``train`` is read first and the others get its category
+    map (or the one ``labels`` fix, a trained model's). A split without an annotation file
+    (val) is None. Training records come in a freshly shuffled order each epoch."""
+    cmap = _labels_category_map(labels)
+    out = {}
+    for split in sorted(splits, key=lambda s: s != "train"):
+        ds = coco_dataset(data_config, split, category_map=cmap, progress=progress)
+        if ds is None:
+            out[split] = None
+            continue
+        if split == "train":
+            cmap = ds.category_map
+        ids = tuple(v["id"] for v in ds.category_map.values())
+        out[split] = Split(ds, ds.class_names, ids, ds.bad, shuffle=split == "train",
+                           annotation_file=str(ds.annotation_file), origin=str(ds.annotation_file))
+    return out
+
+
+def eval_data(section: CocoSourceConfig, path: Path, images=None) -> bool:
+    """``evaluate --data FILE.json``: FILE is the validation split, its images in ``images``
+    (default: ``images/`` beside it, else its folder)."""
+    if path.suffix.lower() != ".json":
+        return False
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if images is None:
+        images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    section.val_annotations, section.val_images = str(path), str(images)
+    return True
+
+
+register_source(NAME, section=CocoSourceConfig, open=open_splits, requires=("pycocotools", "PIL"),
+                eval_data=eval_data)

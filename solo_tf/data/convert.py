@@ -1,6 +1,19 @@
-"""Convert the CIS680 h5/npy files to COCO instances JSON + PNG images (``solo-tf convert``).
+"""Datasets as COCO instances JSON + image files (``solo-tf convert``).
 
-Output (every file written to a temporary name, then renamed into place)::
+:func:`convert_to_coco` writes any source whose reader gives COCO entries (LabelMe,
+YOLO-seg, instance-PNG folders: :class:`~solo_tf.data.annotated.AnnotatedImages`)::
+
+    out_dir/images/train/000001_a.jpg ...   the image files, copied as they are (embedded
+    out_dir/images/val/...                  LabelMe images written out), id-prefixed
+    out_dir/train.json, out_dir/val.json    COCO instances: polygons stay polygons, masks
+                                            are compressed RLE, ignore regions are crowd
+                                            (one per category, so no class is scored there)
+
+Category ids are the class index + 1, image ids 1, 2, ... per split, as the sources give
+them when trained on directly, so results line up. Every file is written to a temporary
+name, then renamed into place; the JSON files come last.
+
+:func:`convert_cis680_to_coco` writes the CIS680 h5/npy files::
 
     out_dir/images/000001.png ...     one RGB PNG per image, named by image id
     out_dir/annotations.json          all images, COCO instances, compressed-RLE masks
@@ -13,13 +26,17 @@ the converted data line up with the original. ``bbox`` and ``area`` come from th
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
+from solo_tf.data.annotated import IGNORE, rle_of
+from solo_tf.data.catalog import get_source
 from solo_tf.data.cis680 import CLASS_NAMES, Cis680Dataset
-from solo_tf.data.errors import Progress
-from solo_tf.io import atomic_path, write_json
+from solo_tf.data.errors import DataError, Progress
+from solo_tf.data.registry import SPLITS
+from solo_tf.io import atomic_path, write_bytes, write_json
 
 
 def _atomic_write_json(path: Path, obj) -> None:
@@ -121,3 +138,101 @@ def _write(ds, out_dir, val_fraction, seed, progress):
         "num_objects": sum(len(a) for a in annotations.values()),
         "bad": ds.bad,
     }
+
+
+# --- any source with COCO entries ------------------------------------------------------------
+def convert_to_coco(data_config, out_dir, progress: bool = True) -> dict:
+    """Write the ``train`` / ``val`` splits of ``data_config.source`` as COCO under ``out_dir``.
+
+    Bad records raise DataError naming the file, or with ``data_config.skip_bad`` are
+    skipped and counted (the returned ``bad`` logs).
+
+    Returns:
+        ``{"train", "val": json paths (val None without a val split), "images": {split: image
+        folder}, "num_images", "num_objects", "ignore_regions": {split: int}, "bad": the
+        BadRecordLogs, "data": the data section that trains on the result}``.
+    """
+    name = data_config.source
+    opened = get_source(name).open(data_config, SPLITS, None)
+    train = opened["train"]
+    if not hasattr(train.reader, "coco_image"):
+        raise DataError(f"data.source {name!r} cannot be converted to COCO: its reader gives no COCO entries")
+    categories = [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(train.class_names)]
+    out_dir = Path(out_dir)
+    result = {"images": {}, "num_images": {}, "num_objects": {}, "ignore_regions": {}, "bad": [],
+              "data": {"source": "coco", "coco": {}}}
+    for split in SPLITS:
+        src = opened.get(split)
+        if src is None:
+            result[split] = None
+            continue
+        image_dir = out_dir / "images" / split
+        coco, ignore_regions = _write_split(src, image_dir, categories, data_config.skip_bad, progress,
+                                            f"converting {split}")
+        path = write_json(out_dir / f"{split}.json", coco, compact=True)
+        anns = coco["annotations"]
+        result.update({split: path})
+        result["images"][split] = image_dir
+        result["num_images"][split] = len(coco["images"])
+        result["num_objects"][split] = sum(1 for a in anns if not a["iscrowd"])
+        result["ignore_regions"][split] = ignore_regions
+        result["data"]["coco"].update({f"{split}_annotations": str(path), f"{split}_images": str(image_dir)})
+        if src.bad_records is not None and all(src.bad_records is not b for b in result["bad"]):
+            result["bad"].append(src.bad_records)
+    return result
+
+
+def _write_split(split, image_dir, categories, skip_bad, progress, desc) -> dict:
+    from PIL import Image
+
+    reader = split.reader
+    indices = range(len(reader)) if split.indices is None else split.indices
+    images, annotations, ignore_regions = [], [], 0
+    with Progress(len(indices), desc, enabled=progress) as bar:
+        for i in indices:
+            bar.update()
+            try:
+                entry, instances = reader.coco_image(i)
+                data = reader.read_bytes(i)
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        size = im.size
+                except Exception as e:  # corrupt header
+                    raise DataError(f"{entry['file_name']}: not a readable image: {e}", "corrupt image file") from None
+                if size != (entry["width"], entry["height"]):
+                    raise DataError(f"{entry['file_name']}: image is {size[0]}x{size[1]} but its annotation says "
+                                    f"{entry['width']}x{entry['height']}", "image size is not the annotated size")
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                split.bad_records.skip(e.reason or "bad image", str(e))
+                continue
+            write_bytes(image_dir / entry["file_name"], data)
+            images.append(entry)
+            for inst in instances:
+                anns = _annotations(inst, entry, categories, len(annotations) + 1)
+                ignore_regions += inst.class_index == IGNORE
+                annotations += anns
+    coco = {"info": {"description": f"converted by solo-tf from {split.origin}"}, "images": images,
+            "annotations": annotations, "categories": categories}
+    return coco, ignore_regions
+
+
+def _annotations(inst, entry, categories, next_id) -> list:
+    """COCO annotations of one instance: one object, or for an ignore region one crowd
+    annotation per category."""
+    from pycocotools import mask as mask_utils
+
+    h, w = entry["height"], entry["width"]
+    rle = rle_of(inst.segmentation, h, w)
+    compact = {"size": [h, w], "counts": rle["counts"]}
+    box = [float(v) for v in mask_utils.toBbox(compact)]
+    counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+    as_rle = {"size": [h, w], "counts": counts}
+    if inst.class_index == IGNORE:
+        return [{"id": next_id + k, "image_id": entry["id"], "category_id": c["id"], "segmentation": as_rle,
+                 "area": rle["area"], "bbox": box, "iscrowd": 1} for k, c in enumerate(categories)]
+    kind, value = inst.segmentation
+    segmentation = [p.tolist() for p in value] if kind == "poly" else as_rle
+    return [{"id": next_id, "image_id": entry["id"], "category_id": categories[inst.class_index]["id"],
+             "segmentation": segmentation, "area": rle["area"], "bbox": box, "iscrowd": 0}]

@@ -8,13 +8,27 @@ soft blobs and noise; never flat). Later shapes occlude earlier ones: the instan
 the visible parts, so they never overlap, and an object left with less than
 ``min_visible`` of its area (or fewer than ``min_area`` pixels) is removed before painting, so no unlabelled
 fragment appears in the image.
+
+As a data source (``data.source: shapes``, settings in ``data.shapes``,
+:class:`ShapesSourceConfig`): ``train`` is images ``0 .. num_train-1``, ``val`` images
+``VAL_INDEX_OFFSET + i`` for ``i < num_val`` (disjoint from train); ``image_id`` is the index
+within the split.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from solo_tf.data.errors import DataError
+from solo_tf.data.registry import Split, register_source
+
+NAME = "shapes"
 CLASS_NAMES = ("circle", "rectangle", "triangle", "ellipse", "star", "ring")
+# Validation images are drawn from generator indices far above any training index, so the
+# two splits never share an image whatever num_train is.
+VAL_INDEX_OFFSET = 1 << 40
 
 
 class ShapesGenerator:
@@ -230,3 +244,59 @@ def _polygon(dx, dy, px, py):
         x_at = ax + (dy - ay) * (bx - ax) / (by - ay)  # (h, 1)
         inside ^= crosses & (dx < x_at)
     return inside
+
+
+# --- the data source ----------------------------------------------------------------------------
+@dataclass
+class ShapesSourceConfig:
+    """``data.source: shapes``: the embedded procedural generator."""
+
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: tuple[int, int] = (128, 128)
+    max_objects: int = 6
+    object_size: tuple[float, float] = (0.08, 0.6)  # object size range, fraction of the short side
+
+    def validate(self) -> None:
+        if not isinstance(self.num_train, int) or self.num_train <= 0:
+            raise ValueError(f"data.shapes.num_train must be a positive integer, got {self.num_train!r}")
+        if not isinstance(self.num_val, int) or self.num_val < 0:
+            raise ValueError(f"data.shapes.num_val must be an integer >= 0, got {self.num_val!r}")
+        if not isinstance(self.max_objects, int) or self.max_objects <= 0:
+            raise ValueError(f"data.shapes.max_objects must be a positive integer, got {self.max_objects!r}")
+        lo, hi = self.object_size
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.shapes.object_size must be (lo, hi) with 0 < lo <= hi <= 1, "
+                             f"got {self.object_size}")
+
+
+class ShapesReader:
+    """``count`` generated images from index ``offset`` on, as records (``image_id`` = i)."""
+
+    def __init__(self, generator: ShapesGenerator, count: int, offset: int = 0):
+        self.generator, self.count, self.offset = generator, int(count), int(offset)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, i: int) -> dict:
+        s = self.generator.sample(int(i) + self.offset)
+        return {"image": s["image"], "masks": s["masks"], "classes": s["classes"], "image_id": np.int64(i)}
+
+
+def open_splits(data_config, splits, labels=None) -> dict:
+    """The ``train`` / ``val`` splits of ``data_config.shapes`` (generated on the fly)."""
+    shapes = data_config.shapes
+    gen = ShapesGenerator(image_size=tuple(shapes.image_size), max_objects=shapes.max_objects,
+                          seed=data_config.seed, min_size=shapes.object_size[0], max_size=shapes.object_size[1])
+    out = {}
+    for split in splits:
+        if split not in ("train", "val"):
+            raise DataError(f"shapes: split must be one of train, val; got {split!r}")
+        count = shapes.num_train if split == "train" else shapes.num_val
+        reader = ShapesReader(gen, count, 0 if split == "train" else VAL_INDEX_OFFSET)
+        out[split] = Split(reader, CLASS_NAMES, image_size=gen.image_size, origin="the shapes source")
+    return out
+
+
+register_source(NAME, section=ShapesSourceConfig, open=open_splits)
