@@ -158,7 +158,7 @@ def test_config_and_tasks_name_no_source():
     config = (SRC / "config.py").read_text()
     config = config[:config.index("# --- versions and migrations")] + config[config.index("def migrate("):]
     tasks = (SRC / "tasks.py").read_text()
-    tasks = tasks[:tasks.index("# --- demo")] + tasks[tasks.index("def demo_pictures("):]
+    tasks = tasks[:tasks.index("# --- demo")] + tasks[tasks.index("def _demo_pictures("):]
     names = "|".join(source_names())
     for text, file in ((config, "config.py"), (tasks, "tasks.py")):
         assert not re.search(r"\w+SourceConfig", text), f"{file} names a source's section"
