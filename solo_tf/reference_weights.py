@@ -19,8 +19,9 @@ the first key whose shape does not fit), and ``DecoupledSOLOLightHead`` (Decoupl
 light: one X/Y tower shared by both outputs, where solo_tf's Decoupled SOLO has two).
 AdelaiDet (detectron2 names) is not covered.
 
-Files: ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``: needs ``pip install torch``),
-``.npz`` and ``.safetensors`` (numpy only), read by :func:`solo_tf.weights.read_state_dict`;
+Files: ``.pth`` / ``.pt`` (read without PyTorch by :mod:`solo_tf.pth`: zip and legacy
+serialization, nothing in the pickle is run), ``.npz`` and ``.safetensors``, read by
+:func:`solo_tf.weights.read_state_dict`;
 a mapping can be passed instead of a path. A ``{"state_dict": ...}`` or ``{"model": ...}``
 wrapper is unwrapped (mmdet saves ``{"meta", "state_dict"[, "optimizer"]}``) and a
 ``module.`` prefix on every key is dropped.
@@ -149,7 +150,7 @@ def load_reference_checkpoint(model, path, *, strict: bool = True) -> ReferenceL
     Args:
         model: a :class:`solo_tf.model.SOLO`; its ``model_config.variant`` says which head
             keys are expected (see the module docstring for the mapping).
-        path: a ``.pth`` / ``.pt`` (needs PyTorch), ``.npz`` or ``.safetensors`` file, or a
+        path: a ``.pth`` / ``.pt``, ``.npz`` or ``.safetensors`` file, or a
             mapping ``{key: array}`` (PyTorch layout), raw or under ``state_dict`` / ``model``.
         strict: True: every tensor must fit. False: the category output conv
             (``bbox_head.solo_cate`` / ``dsolo_cate``) may have another number of classes
@@ -166,7 +167,6 @@ def load_reference_checkpoint(model, path, *, strict: bool = True) -> ReferenceL
             model (DCN, Decoupled SOLO light), or a model the reference has no counterpart
             of (a non-ResNet backbone, ``norm_groups`` other than 32). Nothing is assigned.
         FileNotFoundError: no such file.
-        ImportError: a ``.pth`` / ``.pt`` file where PyTorch is not installed.
     """
     from solo_tf.weights import load_torchvision_resnet
 

@@ -134,3 +134,44 @@ def test_state_dict_entries_must_be_tensors(tmp_path):
     path.write_bytes(_legacy_bytes({"state_dict": {"epoch": 3}}))
     with pytest.raises(PthError, match=r"mixed.pth: entry 'epoch' is a int, not a tensor"):
         read_pth(path)
+
+
+# --- tests/pth_writer.py, the torch-free writer the other tests use --------------------------------
+
+
+def _writer_state():
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    return {"conv.weight": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+            "bn.num_batches_tracked": np.array(9, np.int64), "half": np.arange(4, dtype=np.float16),
+            "bf16": np.array([1.5, -2.0], ml_dtypes.bfloat16), "empty": np.zeros((0, 2), np.float32),
+            "transposed": rng.standard_normal((3, 4)).T}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_writer_round_trip(tmp_path, legacy):
+    from pth_writer import write_pth
+
+    want = _writer_state()
+    path = write_pth(tmp_path / "w.pth", {"meta": {"epoch": 3}, "state_dict": want}, legacy=legacy)
+    assert zipfile.is_zipfile(path) != legacy
+    state, meta = read_pth(path)
+    assert meta == {"epoch": 3} and list(state) == list(want)
+    for key, value in want.items():
+        assert state[key].dtype == value.dtype and state[key].shape == value.shape, key
+        assert state[key].tobytes() == np.ascontiguousarray(value).tobytes(), key
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_writer_files_are_what_torch_reads(tmp_path, legacy):
+    """Where PyTorch is installed (it is not in CI): torch.load reads the writer's files."""
+    torch = pytest.importorskip("torch")
+    from pth_writer import write_pth
+
+    want = _writer_state()
+    got = torch.load(write_pth(tmp_path / "w.pth", want, legacy=legacy), weights_only=True)
+    for key, value in want.items():
+        t = got[key]
+        t = t.view(torch.int16).numpy().view(value.dtype) if t.dtype == torch.bfloat16 else t.numpy()
+        assert t.dtype == value.dtype and t.shape == value.shape and np.array_equal(t, value), key

@@ -8,7 +8,6 @@ The synthetic checkpoints are written from the reference's own module definition
 DecoupledSOLOHead), not from solo_tf's mapping."""
 
 import dataclasses
-import importlib.util
 import types
 
 import keras
@@ -315,24 +314,16 @@ def test_solo_and_decoupled_solo_checkpoints(variant):
         np.testing.assert_array_equal(np_(head.cate_out.bias), state["bbox_head.dsolo_cate.bias"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed in this environment")
-def test_pth_checkpoint(tmp_path, v2):
-    import torch
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pth_checkpoint_without_torch(tmp_path, v2, legacy):
+    """An mmdet {"meta", "state_dict"} .pth, in the zip and the legacy (2020) serialization."""
+    from pth_writer import write_pth
 
     state = reference_state("solov2", seed=6)
-    path = tmp_path / "solov2_r18.pth"
-    torch.save({"meta": {"epoch": 36}, "state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+    path = write_pth(tmp_path / "solov2_r18.pth", {"meta": {"epoch": 36}, "state_dict": state}, legacy=legacy)
     load_reference_checkpoint(v2, path)
     np.testing.assert_array_equal(np_(v2.get_layer("head").kernel_out.kernel),
                                   hwio(state["bbox_head.solo_kernel.weight"]))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
-def test_pth_without_torch_says_what_to_install(tmp_path, v2):
-    path = tmp_path / "solov2.pth"
-    path.write_bytes(b"not read")
-    with pytest.raises(ImportError, match="pip install torch"):
-        load_reference_checkpoint(v2, path)
 
 
 # --- model.init_weights ------------------------------------------------------------------------
