@@ -40,8 +40,8 @@ class ModelConfig:
     # a torchvision/timm ResNet checkpoint (.safetensors / .npz / .pth), a .weights.h5 file,
     # or "imagenet" (MobileNetV3 only); None = random init
     backbone_weights: str | None = None
-    # a whole-model COCO checkpoint of the reference (WXinlong/SOLO SOLO / Decoupled SOLO /
-    # SOLOv2: .pth / .pt (needs torch), .npz or .safetensors) loaded into the model when
+    # a whole-model COCO checkpoint of the reference (WXinlong/SOLO or mmdetection 2.x/3.x SOLO /
+    # Decoupled SOLO / SOLOv2: .pth / .pt (read without torch), .npz or .safetensors) loaded into the model when
     # `train` builds it (not when resuming a run); solo_tf.reference_weights says what maps.
     # It holds the backbone too: leave backbone_weights null. Only the category conv may
     # differ (another num_classes: it is skipped and keeps its init); the rest must fit.
