@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solo_tf.pth import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, PthError, UnsafePickleError, load_pth, read_pth
+from solo_tf.pth import (
+    LEGACY_MAGIC_NUMBER,
+    LEGACY_PROTOCOL_VERSION,
+    PthError,
+    UnsafePickleError,
+    load_pth,
+    read_pth,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "pth"
 
