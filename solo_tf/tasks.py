@@ -154,8 +154,12 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     if steps_per_epoch is not None:
         cfg.train.steps_per_epoch = int(steps_per_epoch)
     cfg.validate()
-    if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
-        raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
+    if cfg.model.init_weights is not None and resume_from is None:
+        from solo_tf.zoo import resolve_checkpoint
+
+        # a zoo name: downloaded (once) now, before anything is built
+        if not resolve_checkpoint(cfg.model.init_weights).is_file():
+            raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
     keras.utils.set_random_seed(cfg.train.seed)
     set_precision(cfg.train)
 
@@ -258,7 +262,8 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
 
 
 def apply_init_weights(model, path, log=None):
-    """Load ``model.init_weights``, a reference (WXinlong/SOLO) COCO checkpoint, into a model
+    """Load ``model.init_weights``, a reference (WXinlong/SOLO or mmdetection 2.x/3.x) COCO
+    checkpoint file or zoo name (its cached checkpoint, :func:`solo_tf.zoo.resolve_checkpoint`), into a model
     :func:`train` has just built: :func:`solo_tf.reference_weights.load_reference_checkpoint`
     with ``strict=False``, so a model of another ``num_classes`` keeps its own category
     output conv (the log line says so); every other tensor must fit exactly.
@@ -267,8 +272,9 @@ def apply_init_weights(model, path, log=None):
         the :class:`solo_tf.reference_weights.ReferenceLoadReport`.
     """
     from solo_tf.reference_weights import load_reference_checkpoint
+    from solo_tf.zoo import resolve_checkpoint
 
-    report = load_reference_checkpoint(model, path, strict=False)
+    report = load_reference_checkpoint(model, resolve_checkpoint(path), strict=False)
     (log or _log)(f"[solo-tf] model.init_weights: {report}")
     return report
 

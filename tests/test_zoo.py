@@ -125,7 +125,7 @@ def test_name_downloads_converts_and_loads_once(zoo, variant, layout, legacy, ho
     methods = [m for m, _ in zoo.server.requests]
     assert methods.count("GET") == 1 and (host == "hf") == ("HEAD" in methods)
     assert zoo.files() == sorted([f"checkpoints/{name}/{name}.pth", f"checkpoints/{name}/{name}.pth.sha256",
-                                  f"models/{name}.keras"])
+                                  f"models/{name}/config.yaml", f"models/{name}/model.keras"])
     assert (zoo.home / f"checkpoints/{name}/{name}.pth.sha256").read_text().startswith(entry.sha256)
 
     model = load_model(path)
@@ -270,3 +270,58 @@ def test_every_supported_entry_builds_a_valid_config():
     assert light.canvas == (448, 768) and registry.get("solov2_r50_3x").canvas == (800, 1344)
     with pytest.raises(ValueError, match="exists"):
         registry.register(light)
+
+
+# --- the command line and the other entry points -----------------------------------------------------------
+
+
+def test_models_lists_the_zoo(capsys):
+    import json
+
+    from solo_tf.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "solov2_r50_3x" in out and "mmdet_solov2_light_r18" in out and "1333x800" in out and "768x448" in out
+    assert "solov2_x101_dcn_3x" not in out.split("licenses:")[0]  # unsupported rows only with --all
+    assert main(["models", "--all", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["solov2_x101_dcn_3x"]["supported"].startswith("no: ") and rows["solov2_r50_3x"]["supported"] == "yes"
+    assert rows["mmdet_solov2_r50_3x"]["sha256"] == "fed092d4" and rows["solov2_r50_3x"]["mask AP"] == "37.5"
+
+
+def test_cli_and_predictor_take_a_zoo_name(zoo, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from solo_tf.cli import main
+    from solo_tf.inference import Predictor
+
+    zoo.add("test_cli", "solov2", "mmdet1", True, "hf")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "--model", "test_cli", str(image), "--out", str(tmp_path / "pred")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pictures"]
+    assert main(["info", "test_cli", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(model_path("test_cli"))
+    assert Predictor("test_cli").class_names[0] == "person"
+    assert [m for m, _ in zoo.server.requests].count("GET") == 1  # converted once, for all three
+    zoo.server.stop()
+    zoo.add("test_cli_offline", host="url")
+    assert main(["info", "test_cli_offline"]) == 1
+    assert "cannot download zoo model 'test_cli_offline': no connection" in capsys.readouterr().err
+
+
+def test_init_weights_takes_a_zoo_name(zoo):
+    from solo_tf.config import ModelConfig
+    from solo_tf.tasks import apply_init_weights
+    from solo_tf.model import SOLO
+
+    entry, state = zoo.add("test_init", "solov2", "mmdet2")
+    cfg = zoo_config("test_init").model
+    ModelConfig(**{**cfg.__dict__, "num_classes": 3, "init_weights": "test_init"}).validate()  # a name is valid
+    model = SOLO(dict(cfg.__dict__, num_classes=3))
+    report = apply_init_weights(model, "test_init")  # fine-tuning on 3 classes: the category conv is skipped
+    assert report.skipped == ("mask_head.conv_cls.weight", "mask_head.conv_cls.bias")
+    np.testing.assert_array_equal(np_(model.get_layer("head").kernel_out.bias), state["mask_head.conv_kernel.bias"])

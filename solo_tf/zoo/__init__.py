@@ -5,13 +5,14 @@ the verified, cached download (:mod:`solo_tf.zoo.download`) and the conversion t
     from solo_tf.zoo import resolve_model
     from solo_tf.inference import Predictor
 
-    predictor = Predictor(resolve_model("solov2_r50_3x"))  # downloads and converts once
+    predictor = Predictor("solov2_r50_3x")  # downloads and converts once (resolve_model)
 """
 
 from solo_tf.zoo.convert import (
     REFERENCE_POSTPROCESS,
     convert,
     model_path,
+    resolve_checkpoint,
     resolve_model,
     zoo_config,
 )
@@ -27,6 +28,6 @@ from solo_tf.zoo.registry import ENTRIES, ZooEntry, entries, entries_for, get, r
 
 __all__ = [
     "ENTRIES", "REFERENCE_POSTPROCESS", "ZooDownloadError", "ZooEntry", "ZooHashError", "checkpoint_path", "convert",
-    "entries", "entries_for", "fetch", "get", "home", "model_path", "register", "resolve_model", "sha256_of",
-    "zoo_config",
+    "entries", "entries_for", "fetch", "get", "home", "model_path", "register", "resolve_checkpoint",
+    "resolve_model", "sha256_of", "zoo_config",
 ]

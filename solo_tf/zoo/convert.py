@@ -7,7 +7,8 @@ class names and category ids (:data:`solo_tf.reference_weights.COCO_CLASS_NAMES`
 :data:`~solo_tf.reference_weights.REFERENCE_COCO_CATEGORY_IDS`) and the reference's test-time
 post-processing (:data:`REFERENCE_POSTPROCESS`); the checkpoint is loaded with
 :func:`solo_tf.reference_weights.load_reference_checkpoint` (strict: every tensor must fit)
-and the model saved, atomically, to ``$SOLO_TF_HOME/models/<name>.keras``.
+and the model saved, atomically, to ``$SOLO_TF_HOME/models/<name>/model.keras`` beside the
+``config.yaml`` it was built from.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def zoo_config(name: str | ZooEntry):
 
 
 def model_path(name: str | ZooEntry) -> Path:
-    """Where the converted ``.keras`` of zoo entry ``name`` is (or will be) cached."""
+    """Where the converted ``.keras`` of zoo entry ``name`` is (or will be) cached:
+    ``$SOLO_TF_HOME/models/<name>/model.keras``, its ``config.yaml`` beside it (what
+    ``solo-tf evaluate`` reads beside a model; ``eval/`` goes there too)."""
     entry = name if isinstance(name, ZooEntry) else get(name)
-    return home() / "models" / f"{entry.name}.keras"
+    return home() / "models" / entry.name / "model.keras"
 
 
 def convert(name: str | ZooEntry, *, checkpoint: str | os.PathLike | None = None, force: bool = False,
@@ -77,7 +80,17 @@ def convert(name: str | ZooEntry, *, checkpoint: str | os.PathLike | None = None
 
     model = SOLO(cfg.model, cfg.loss, cfg.labels, cfg.postprocess)
     load_reference_checkpoint(model, source, strict=True)
-    return save_model(model, dest)
+    cfg.to_yaml(dest.with_name("config.yaml"))
+    return save_model(model, dest)  # last: a model file means a finished conversion
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint argument (``model.init_weights``) as a path: a zoo name becomes its
+    verified, cached checkpoint (:func:`~solo_tf.zoo.download.fetch`); anything else is
+    returned as it is."""
+    if isinstance(name_or_path, str) and name_or_path in ENTRIES and not os.path.exists(name_or_path):
+        return fetch(name_or_path)
+    return Path(name_or_path)
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
