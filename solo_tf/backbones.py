@@ -123,7 +123,7 @@ def build_backbone(name: str, input_shape, weights: str | os.PathLike | None = N
         weights: None (random initialisation); ``"imagenet"`` (MobileNetV3 only: downloaded
             by keras.applications on first use); a torchvision or timm (``*.tv_in1k``)
             ResNet checkpoint, ``.safetensors`` / ``.npz`` (numpy only) or ``.pth`` /
-            ``.pt`` / ``.bin`` (needs PyTorch), for ``resnet18/34/50/101`` (see
+            ``.pt`` / ``.bin`` (read without PyTorch), for ``resnet18/34/50/101`` (see
             :func:`solo_tf.weights.load_torchvision_resnet` for the exact mapping); or a
             local ``.weights.h5`` file written by ``backbone.save_weights`` for the same
             backbone.
@@ -140,7 +140,6 @@ def build_backbone(name: str, input_shape, weights: str | os.PathLike | None = N
             backbone it cannot fit, or one that does not match (the message names the file
             and the key).
         FileNotFoundError: the weights file does not exist (the message names it).
-        ImportError: a ``.pth`` / ``.pt`` / ``.bin`` checkpoint where PyTorch is not installed.
     """
     _check_name(name)
     input_shape = _check_input_shape(input_shape)

@@ -1,4 +1,4 @@
-"""Command line: ``solo-tf train|evaluate|predict|export|demo|convert|info`` and ``solo-tf --version``.
+"""Command line: ``solo-tf train|evaluate|predict|export|demo|convert|info|models`` and ``solo-tf --version``.
 
 Argument parsing, a call into :mod:`solo_tf.tasks`, printing, and errors mapped to exit
 codes; nothing else lives here. Each command prints one JSON line on stdout (``info``
@@ -266,6 +266,33 @@ def _cmd_info(args):
     print("\n".join(lines))
 
 
+def _cmd_models(args):
+    from solo_tf.zoo import entries
+
+    rows = entries(supported=None if args.all else True)
+    if args.json:
+        _print_json([dict(e.row(), url=e.url, sha256=e.sha256, upstream=e.upstream, preset=e.preset) for e in rows])
+        return
+    cols = ("name", "variant", "backbone", "mask AP", "test scale", "size", "sha256", "host", "license")
+    table = [{k: e.row()[k] for k in cols} for e in rows]
+    for row in table:
+        row["license"] = row["license"].split(",")[0].split(" (")[0]  # the full terms are below the table
+    widths = {k: max(len(k), *(len(r[k]) for r in table)) for k in cols}
+    lines = ["  ".join(k.ljust(widths[k]) for k in cols).rstrip()]
+    lines += ["  ".join(r[k].ljust(widths[k]) for k in cols).rstrip() for r in table]
+    unsupported = [e for e in rows if not e.supported]
+    if unsupported:
+        lines += ["", "listed, not supported:"]
+        lines += [f"  {e.name}: {e.unsupported}" for e in unsupported]
+    lines += ["", "licenses:"] + [f"  {lic}" for lic in dict.fromkeys(e.license for e in rows)]
+    lines += ["", "sha256: the full hash is pinned; 'sha256 prefix': the 8 digits of mmdetection's file name; "
+                  "'none': no public page gives it.",
+              "Use a name wherever a model path goes (--model NAME, Predictor(NAME), model.init_weights: NAME): "
+              "the first use downloads and converts it"
+              + ("" if args.all else "; --all lists the checkpoints solo-tf cannot run too") + "."]
+    print("\n".join(lines))
+
+
 def _size(n):
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
@@ -404,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     i.set_defaults(func=_cmd_info)
 
+    m = sub.add_parser("models", parents=[common],
+                       help="the published COCO checkpoints solo-tf runs by name: AP, test scale, size, host, license")
+    m.add_argument("--all", action="store_true", help="list the checkpoints solo-tf cannot run too, with the reason")
+    m.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    m.set_defaults(func=_cmd_models)
+
+    for sp in (e, r, x, i):  # a zoo name wherever a model file goes (main() resolves it)
+        for action in sp._actions:
+            if action.dest == "model":
+                action.help = (action.help or "a .keras file written by solo-tf") + (
+                    ", or a zoo name (solo-tf models), downloaded and converted on first use")
+
     for sp in (t, e):
         sp.add_argument("--skip-bad", action="store_true",
                         help="skip and count bad data records instead of stopping at the first")
@@ -418,13 +457,18 @@ def main(argv=None) -> int:
 
     from solo_tf.config import ConfigError
     from solo_tf.data.errors import data_error_from
+    from solo_tf.zoo import ZooDownloadError
 
     try:
+        if getattr(args, "model", None) is not None:  # predict, evaluate, export, info
+            from solo_tf.zoo import resolve_model
+
+            args.model = str(resolve_model(args.model))  # a zoo name: its cached .keras
         code = args.func(args)
     except ConfigError as e:
         _log(f"solo-tf: config error: {e}")
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ZooDownloadError) as e:
         _log(f"solo-tf: {e}")
         return 1
     except tf.errors.OpError as e:  # a bad record met inside tf.data: its message names the file

@@ -42,8 +42,9 @@ class ModelConfig:
     # a torchvision/timm ResNet checkpoint (.safetensors / .npz / .pth), a .weights.h5 file,
     # or "imagenet" (MobileNetV3 only); None = random init
     backbone_weights: str | None = None
-    # a whole-model COCO checkpoint of the reference (WXinlong/SOLO SOLO / Decoupled SOLO /
-    # SOLOv2: .pth / .pt (needs torch), .npz or .safetensors) loaded into the model when
+    # a whole-model COCO checkpoint of the reference (WXinlong/SOLO or mmdetection 2.x/3.x SOLO /
+    # Decoupled SOLO / SOLOv2: .pth / .pt (read without torch), .npz or .safetensors, or a zoo
+    # name such as solov2_r50_3x, downloaded on first use) loaded into the model when
     # `train` builds it (not when resuming a run); solo_tf.reference_weights says what maps.
     # It holds the backbone too: leave backbone_weights null. Only the category conv may
     # differ (another num_classes: it is skipped and keeps its init); the rest must fit.
@@ -129,9 +130,11 @@ class ModelConfig:
         suffixes = (".pth", ".pt", ".npz", ".safetensors")
         if not isinstance(self.init_weights, str) or not self.init_weights.strip():
             raise ConfigError(f"model.init_weights must be a file path or null, got {self.init_weights!r}")
-        if not self.init_weights.endswith(suffixes):
+        from solo_tf.zoo.registry import ENTRIES
+
+        if not self.init_weights.endswith(suffixes) and self.init_weights not in ENTRIES:
             raise ConfigError(f"model.init_weights {self.init_weights!r} must be a reference checkpoint file "
-                              f"({', '.join(suffixes)})")
+                              f"({', '.join(suffixes)}) or a zoo name (solo-tf models)")
         if self.backbone_weights is not None:
             raise ConfigError("model.init_weights holds the backbone's weights too: set model.backbone_weights "
                               "to null")

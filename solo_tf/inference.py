@@ -27,6 +27,7 @@ from keras import ops
 from solo_tf import preprocess
 from solo_tf.decoder import SOLODecoder, postprocess_image
 from solo_tf.saving import load_model
+from solo_tf.zoo import resolve_model
 
 
 def build_inference_model(model, postprocess_config=None, canvas=None, full_size_masks=True,
@@ -147,7 +148,8 @@ class Predictor:
     """Run a trained model on images of any size.
 
     Args:
-        model: a :class:`solo_tf.model.SOLO` or a path to a ``.keras`` file.
+        model: a :class:`solo_tf.model.SOLO`, a path to a ``.keras`` file, or a zoo name
+            (``solo-tf models``; downloaded and converted on first use).
         postprocess_config: decoder settings (default: the ones saved with the model).
         batch_size: images per forward pass.
 
@@ -159,7 +161,7 @@ class Predictor:
 
     def __init__(self, model, postprocess_config=None, batch_size=4):
         if isinstance(model, (str, os.PathLike)):
-            model = load_model(model)
+            model = load_model(resolve_model(model))  # a zoo name: its cached .keras
         self.model = model
         self.postprocess_config = postprocess_config or model.postprocess_config
         self.batch_size = int(batch_size)

@@ -1,8 +1,30 @@
-"""Start from a COCO checkpoint of the reference implementation (WXinlong/SOLO, mmdetection 1.x).
+"""Start from a COCO checkpoint of the reference implementation (WXinlong/SOLO, mmdetection
+1.x) or of mmdetection 2.x/3.x's retrained SOLO family.
 
-:func:`load_reference_checkpoint` loads a whole-model checkpoint of WXinlong/SOLO into a
+:func:`load_reference_checkpoint` loads a whole-model checkpoint into a
 :class:`solo_tf.model.SOLO` of the matching variant; ``model.init_weights`` in a config does
-it when ``solo-tf train`` builds the model (:func:`solo_tf.tasks.train`).
+it when ``solo-tf train`` builds the model (:func:`solo_tf.tasks.train`), and
+:mod:`solo_tf.zoo` does it for the published checkpoints by name.
+
+Two key layouts, told apart by the keys (:func:`checkpoint_layout`):
+
+- ``mmdet1``: WXinlong/SOLO's own files (``bbox_head.*``, ``mask_feat_head.*``), the names
+  used below;
+- ``mmdet2``: mmdetection 2.x/3.x (``mask_head.*``). Its heads are the same modules with the
+  same shapes and the same forward (coordinates [x, y] appended after the features and
+  resized with them, bilinear, align_corners False; 1x1 dynamic conv), renamed
+  (:data:`MMDET2_NAMES`): ``bbox_head.`` -> ``mask_head.``, ``mask_feat_head.`` ->
+  ``mask_head.mask_feature_head.`` (``conv_pred.0.`` -> ``conv_pred.``), ``cate_convs`` ->
+  ``cls_convs``, ``solo_cate`` / ``dsolo_cate`` -> ``conv_cls``, ``solo_kernel`` ->
+  ``conv_kernel``, ``ins_convs`` / ``ins_convs_x`` / ``ins_convs_y`` -> ``mask_convs`` /
+  ``mask_convs_x`` / ``mask_convs_y``, ``solo_ins_list`` / ``dsolo_ins_list_x`` /
+  ``dsolo_ins_list_y`` -> ``conv_mask_list`` / ``conv_mask_list_x`` / ``conv_mask_list_y``;
+  ``kernel_convs``, the backbone and the neck keep their names. Errors name the keys as the
+  file has them.
+
+A checkpoint of neither layout (AdelaiDet's detectron2 names, a classifier, another
+detector) is refused naming its first key that fits no SOLO checkpoint, and the zoo entries
+(:mod:`solo_tf.zoo`) of the model's kind.
 
 Covered (the key names and shapes below are those of the reference's modules):
 
@@ -16,11 +38,14 @@ Not covered, and refused with an error that says why: the DCN models (SOLOv2 R10
 X101-DCN, light-512-DCN, Decoupled SOLO light DCN: solo_tf has no deformable convolution,
 keys ``*.conv_offset.*``), ResNeXt backbones (no such backbone here; the exact mapping names
 the first key whose shape does not fit), and ``DecoupledSOLOLightHead`` (Decoupled SOLO
-light: one X/Y tower shared by both outputs, where solo_tf's Decoupled SOLO has two).
+light, either layout: one mask tower ``ins_convs`` / ``mask_convs`` whose first conv takes
+both coordinates, 256 + 2 = 258 inputs, shared by the X and Y outputs, where solo_tf's
+Decoupled SOLO has an X tower and a Y tower of 257 inputs each).
 AdelaiDet (detectron2 names) is not covered.
 
-Files: ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``: needs ``pip install torch``),
-``.npz`` and ``.safetensors`` (numpy only), read by :func:`solo_tf.weights.read_state_dict`;
+Files: ``.pth`` / ``.pt`` (read without PyTorch by :mod:`solo_tf.pth`: zip and legacy
+serialization, nothing in the pickle is run), ``.npz`` and ``.safetensors``, read by
+:func:`solo_tf.weights.read_state_dict`;
 a mapping can be passed instead of a path. A ``{"state_dict": ...}`` or ``{"model": ...}``
 wrapper is unwrapped (mmdet saves ``{"meta", "state_dict"[, "optimizer"]}``) and a
 ``module.`` prefix on every key is dropped.
@@ -97,6 +122,18 @@ REFERENCE_COCO_CATEGORY_IDS = (
     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
     85, 86, 87, 88, 89, 90,
 )
+# the names of those categories, in the same order (COCO 2017's own names; mmdet's CLASSES)
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
 REFERENCE_NUM_CLASSES = len(REFERENCE_COCO_CATEGORY_IDS)  # 80
 REFERENCE_NORM_GROUPS = 32  # GN(32) in every head ConvModule and in the mask-feature branch
 # what the reference configs train with; not in the weights, so only noted when different
@@ -107,6 +144,28 @@ REFERENCE_STRIDES = (8, 8, 16, 32, 32)
 CATEGORY_CONV = {
     "solov2": "bbox_head.solo_cate", "solo": "bbox_head.solo_cate", "decoupled_solo": "bbox_head.dsolo_cate",
 }
+LAYOUTS = {"mmdet1": "WXinlong/SOLO (mmdetection 1.x)", "mmdet2": "mmdetection 2.x/3.x"}
+# WXinlong (mmdetection 1.x) key prefix -> mmdetection 2.x/3.x: the same modules, renamed
+MMDET2_NAMES = (
+    ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
+    ("mask_feat_head.", "mask_head.mask_feature_head."),
+    ("bbox_head.cate_convs.", "mask_head.cls_convs."),
+    ("bbox_head.solo_cate.", "mask_head.conv_cls."),
+    ("bbox_head.dsolo_cate.", "mask_head.conv_cls."),
+    ("bbox_head.solo_kernel.", "mask_head.conv_kernel."),
+    ("bbox_head.kernel_convs.", "mask_head.kernel_convs."),
+    ("bbox_head.ins_convs_x.", "mask_head.mask_convs_x."),
+    ("bbox_head.ins_convs_y.", "mask_head.mask_convs_y."),
+    ("bbox_head.ins_convs.", "mask_head.mask_convs."),
+    ("bbox_head.solo_ins_list.", "mask_head.conv_mask_list."),
+    ("bbox_head.dsolo_ins_list_x.", "mask_head.conv_mask_list_x."),
+    ("bbox_head.dsolo_ins_list_y.", "mask_head.conv_mask_list_y."),
+)
+_HEAD_PREFIXES = ("bbox_head.", "mask_feat_head.", "mask_head.")
+# a key of an mmdet / torchvision ResNet under "backbone."
+_RESNET_KEY = re.compile(r"^backbone\.(conv1|bn1|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\."
+                         r"(weight|bias|running_mean|running_var|num_batches_tracked)$")
+_NECK_KEY = re.compile(r"^neck\.(lateral|fpn)_convs\.\d+\.conv\.(weight|bias)$")
 _WRAPPERS = ("state_dict", "model")
 _PREFIXES = ("state_dict.", "model.", "module.")
 _BACKBONE = "backbone."
@@ -144,57 +203,74 @@ class ReferenceLoadReport:
 
 
 def load_reference_checkpoint(model, path, *, strict: bool = True) -> ReferenceLoadReport:
-    """Load a whole-model WXinlong/SOLO checkpoint into ``model``.
+    """Load a whole-model WXinlong/SOLO or mmdetection 2.x/3.x checkpoint into ``model``.
 
     Args:
         model: a :class:`solo_tf.model.SOLO`; its ``model_config.variant`` says which head
             keys are expected (see the module docstring for the mapping).
-        path: a ``.pth`` / ``.pt`` (needs PyTorch), ``.npz`` or ``.safetensors`` file, or a
+        path: a ``.pth`` / ``.pt``, ``.npz`` or ``.safetensors`` file, or a
             mapping ``{key: array}`` (PyTorch layout), raw or under ``state_dict`` / ``model``.
+            The layout (WXinlong or mmdetection 2.x/3.x names) is read from the keys.
         strict: True: every tensor must fit. False: the category output conv
-            (``bbox_head.solo_cate`` / ``dsolo_cate``) may have another number of classes
-            than ``model.model_config.num_classes``; it is then skipped (our initialisation
-            stays). Nothing else is relaxed.
+            (``bbox_head.solo_cate`` / ``dsolo_cate``, mmdet 2.x ``mask_head.conv_cls``) may
+            have another number of classes than ``model.model_config.num_classes``; it is
+            then skipped (our initialisation stays). Nothing else is relaxed.
 
     Returns:
         :class:`ReferenceLoadReport` (``str()`` of it is a one-line summary).
 
     Raises:
-        ValueError: a missing or unexpected key, a shape that does not fit (the message names
-            the key, the shape the model needs and the file), a non-float or non-finite
-            weight, a checkpoint of another variant or backbone, an unsupported reference
-            model (DCN, Decoupled SOLO light), or a model the reference has no counterpart
-            of (a non-ResNet backbone, ``norm_groups`` other than 32). Nothing is assigned.
+        ValueError: a checkpoint of neither layout (naming its first key that fits no SOLO
+            checkpoint), a missing or unexpected key, a shape that does not fit (the message
+            names the key as the file has it, the shape the model needs and the file), a
+            non-float or non-finite weight, a checkpoint of another variant or backbone, an
+            unsupported reference model (DCN, Decoupled SOLO light), or a model the
+            reference has no counterpart of (a non-ResNet backbone, ``norm_groups`` other
+            than 32). Where the zoo has the checkpoint's (or the model's) kind, the message
+            names the entry. Nothing is assigned.
         FileNotFoundError: no such file.
-        ImportError: a ``.pth`` / ``.pt`` file where PyTorch is not installed.
     """
     from solo_tf.weights import load_torchvision_resnet
 
     cfg = model.model_config
     source, state = _read(path)
-    where = f"{source} (a WXinlong/SOLO checkpoint) into the {cfg.variant} model"
+    layout = checkpoint_layout(state)
+    if layout is None:
+        key = _foreign_key(state, model)
+        backbone_only = (" (it looks like a ResNet backbone checkpoint: that goes in model.backbone_weights)"
+                         if _RESNET_KEY.match(f"backbone.{key}") else "")
+        raise ValueError(f"cannot load {source} into the {cfg.variant} model: {key!r} fits no SOLO checkpoint of "
+                         f"{' or '.join(LAYOUTS.values())}{backbone_only}; AdelaiDet / detectron2 files are not "
+                         f"supported. {_zoo_hint(cfg.variant, cfg.backbone)}")
+
+    def show(key):
+        return layout_key(key, layout)
+
+    state = to_mmdet1_names(state) if layout == "mmdet2" else dict(state)
+    where = f"{source} ({LAYOUTS[layout]} checkpoint) into the {cfg.variant} model"
     if cfg.backbone not in RESNETS:
         raise ValueError(f"cannot load {where}: the reference's backbone is a ResNet, model.backbone is "
                          f"{cfg.backbone!r} (use one of {', '.join(RESNETS)})")
     if cfg.norm_groups != REFERENCE_NORM_GROUPS:
         raise ValueError(f"cannot load {where}: the reference's GroupNorm has {REFERENCE_NORM_GROUPS} groups, "
                          f"model.norm_groups is {cfg.norm_groups}; the shapes would fit but not the normalisation")
-    found = describe_reference_checkpoint(state)
+    found = _describe(state, layout)
     if found.get("unsupported"):
         raise ValueError(f"cannot load {where}: {'; '.join(found['unsupported'])}")
+    hint = _zoo_hint(found.get("variant", cfg.variant), found.get("backbone", cfg.backbone), layout)
     if found.get("variant") not in (None, cfg.variant):
         raise ValueError(f"cannot load {where}: the checkpoint is a {found['variant']} model "
-                         f"({found['variant_key']!r}); set model.variant: {found['variant']}")
+                         f"({show(found['variant_key'])!r}); set model.variant: {found['variant']}. {hint}")
     if found.get("backbone") not in (None, cfg.backbone):
         raise ValueError(f"cannot load {where}: the checkpoint's backbone is {found['backbone']}, "
-                         f"model.backbone is {cfg.backbone!r}; set model.backbone: {found['backbone']}")
+                         f"model.backbone is {cfg.backbone!r}; set model.backbone: {found['backbone']}. {hint}")
 
     # --- everything but the backbone: check it all before assigning anything ---
     targets = reference_targets(model)
     expected = {key for key, _, _ in targets}
     others = {k: v for k, v in state.items() if not k.startswith(_BACKBONE)}
-    missing = sorted(expected - set(others))
-    unexpected = sorted(set(others) - expected)
+    missing = sorted(show(k) for k in expected - set(others))
+    unexpected = sorted(show(k) for k in set(others) - expected)
     category = CATEGORY_CONV[cfg.variant]
     problems, skipped, values = [], [], []
     if missing:
@@ -210,23 +286,24 @@ def load_reference_checkpoint(model, path, *, strict: bool = True) -> ReferenceL
             continue
         value = np.asarray(others[key])
         if tuple(value.shape) != torch_shape:
-            hint = ("; another class count: strict=False keeps the model's category conv"
+            more = ("; another class count: strict=False keeps the model's category conv"
                     if other_classes and key.startswith(category + ".") else "")
-            problems.append(f"{key!r} has shape {list(value.shape)}, the model needs {list(torch_shape)} "
-                            f"(PyTorch layout){hint}")
+            problems.append(f"{show(key)!r} has shape {list(value.shape)}, the model needs {list(torch_shape)} "
+                            f"(PyTorch layout){more}")
             continue
         if not np.issubdtype(value.dtype, np.floating):
-            problems.append(f"{key!r} has dtype {value.dtype}, expected floating point")
+            problems.append(f"{show(key)!r} has dtype {value.dtype}, expected floating point")
             continue
         if not np.all(np.isfinite(value)):
-            problems.append(f"{key!r} holds NaN or infinite values")
+            problems.append(f"{show(key)!r} holds NaN or infinite values")
             continue
         if value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
         values.append((var, value.astype(var.dtype)))
     if problems:
         hints = _config_hints(found, cfg)
-        raise ValueError(f"cannot load {where}: {'; '.join(problems)}" + (f". {hints}" if hints else ""))
+        raise ValueError(f"cannot load {where}: {'; '.join(problems)}" + (f". {hints}" if hints else "")
+                         + f". {hint}")
 
     # --- the backbone: torchvision names under "backbone." (validated, then assigned, as one) ---
     backbone = model.get_layer("backbone")
@@ -237,10 +314,46 @@ def load_reference_checkpoint(model, path, *, strict: bool = True) -> ReferenceL
     for var, value in values:
         var.assign(value)
     return ReferenceLoadReport(
-        source=source, variant=cfg.variant, loaded=len(values) + len(backbone.weights), skipped=tuple(skipped),
-        checkpoint_num_classes=found.get("num_classes"), model_num_classes=cfg.num_classes,
-        notes=tuple(_notes(cfg)),
+        source=source, variant=cfg.variant, loaded=len(values) + len(backbone.weights),
+        skipped=tuple(show(k) for k in skipped), checkpoint_num_classes=found.get("num_classes"),
+        model_num_classes=cfg.num_classes, notes=tuple(_notes(cfg)),
     )
+
+
+def checkpoint_layout(state: Mapping) -> str | None:
+    """``"mmdet2"`` (mmdetection 2.x/3.x: ``mask_head.*`` keys), ``"mmdet1"`` (WXinlong/SOLO:
+    ``bbox_head.*`` / ``mask_feat_head.*``), or None (no SOLO head keys: another kind of file)."""
+    if any(k.startswith("mask_head.") for k in state):
+        return "mmdet2"
+    if any(k.startswith(("bbox_head.", "mask_feat_head.")) for k in state):
+        return "mmdet1"
+    return None
+
+
+def layout_key(key: str, layout: str) -> str:
+    """A WXinlong (mmdet1) key as ``layout`` names it (:data:`MMDET2_NAMES`)."""
+    if layout == "mmdet2":
+        for old, new in MMDET2_NAMES:
+            if key.startswith(old):
+                return new + key[len(old):]
+    return key
+
+
+def to_mmdet1_names(state: Mapping) -> dict:
+    """An mmdetection 2.x/3.x state dict with WXinlong's key names: the inverse of
+    :func:`layout_key` (``conv_cls`` is ``dsolo_cate`` where the head is decoupled, i.e. has
+    ``conv_mask_list_x``, else ``solo_cate``). Keys it does not know keep their names."""
+    decoupled = any(k.startswith("mask_head.conv_mask_list_x.") for k in state)
+    out = {}
+    for key, value in state.items():
+        for old, new in MMDET2_NAMES:
+            if old == ("bbox_head.solo_cate." if decoupled else "bbox_head.dsolo_cate."):
+                continue
+            if key.startswith(new):
+                key = old + key[len(new):]
+                break
+        out[key] = value
+    return out
 
 
 def reference_targets(model):
@@ -286,26 +399,43 @@ def reference_targets(model):
 
 
 def describe_reference_checkpoint(state: Mapping) -> dict:
-    """What a WXinlong/SOLO state dict implies for :class:`solo_tf.config.ModelConfig`.
+    """What a WXinlong/SOLO or mmdetection 2.x/3.x state dict implies for
+    :class:`solo_tf.config.ModelConfig`.
 
-    Returns a dict with what could be read: ``variant``, ``backbone`` (``resnet18`` ..
-    ``resnet101``), ``fpn_channels``, ``head_channels``, ``stacked_convs``,
-    ``num_classes``, SOLOv2 ``mask_channels`` / ``mask_feature_channels``, SOLO and
-    Decoupled SOLO ``num_grids``; ``unsupported``: reasons the checkpoint cannot load at
-    all (DCN, Decoupled SOLO light). Values are inferred from shapes; nothing is validated.
+    Returns a dict with what could be read: ``layout`` (:func:`checkpoint_layout`),
+    ``variant``, ``backbone`` (``resnet18`` .. ``resnet101``), ``fpn_channels``,
+    ``head_channels``, ``stacked_convs``, ``num_classes``, SOLOv2 ``mask_channels`` /
+    ``mask_feature_channels``, SOLO and Decoupled SOLO ``num_grids``; ``unsupported``:
+    reasons the checkpoint cannot load at all (DCN, Decoupled SOLO light), naming keys as the
+    file has them. Values are inferred from shapes; nothing is validated.
     """
+    layout = checkpoint_layout(state)
+    found = _describe(to_mmdet1_names(state) if layout == "mmdet2" else state, layout or "mmdet1")
+    if layout:
+        found["layout"] = layout
+    return found
+
+
+def _describe(state, layout):
+    """describe_reference_checkpoint of a state dict in WXinlong names (``layout``: the
+    file's, for the keys the messages name)."""
     keys = set(state)
     shape = {k: tuple(np.shape(state[k])) for k in keys}
     found, unsupported = {}, []
     dcn = sorted(k for k in keys if ".conv_offset" in k)
     if dcn:
-        unsupported.append(f"deformable convolutions (DCN, e.g. {dcn[0]!r}): solo_tf has none, so the *_dcn_* "
-                           "checkpoints cannot be imported")
+        unsupported.append(f"deformable convolutions (DCN, e.g. {layout_key(dcn[0], layout)!r}): solo_tf has none, "
+                           "so the *_dcn_* checkpoints cannot be imported")
     if "bbox_head.dsolo_cate.weight" in keys:
         found["variant"], found["variant_key"] = "decoupled_solo", "bbox_head.dsolo_cate.weight"
-        if "bbox_head.ins_convs.0.conv.weight" in keys:
-            unsupported.append("a Decoupled SOLO light head (DecoupledSOLOLightHead: one tower "
-                               "'bbox_head.ins_convs' shared by the X and Y outputs; solo_tf's Decoupled SOLO has two)")
+        light = "bbox_head.ins_convs.0.conv.weight"
+        if light in keys:
+            inputs = shape[light][1] if len(shape[light]) == 4 else "?"
+            unsupported.append(
+                f"a Decoupled SOLO light head (DecoupledSOLOLightHead): {layout_key(light, layout)!r} is one mask "
+                f"tower of {inputs} inputs (the features and both coordinates) shared by the X and Y outputs; "
+                "solo_tf's Decoupled SOLO has an X tower and a Y tower (features + one coordinate each), so these "
+                "weights have no place in it (the Decoupled SOLO R50/R101 checkpoints do)")
     elif "bbox_head.solo_kernel.weight" in keys or any(k.startswith("mask_feat_head.") for k in keys):
         found["variant"] = "solov2"
         found["variant_key"] = "bbox_head.solo_kernel.weight" if "bbox_head.solo_kernel.weight" in keys else next(
@@ -375,6 +505,28 @@ def _read(path):
     if not state:
         raise ValueError(f"{source}: no tensors")
     return source, state
+
+
+def _foreign_key(state, model):
+    """The first key (in the file's order) that fits no SOLO checkpoint: not a ResNet key
+    under ``backbone.``, not an FPN key under ``neck.``, not a head key of the model in
+    either layout; the first key at all if every key fits (a backbone + neck only file)."""
+    heads = {layout_key(k, layout) for k, _, _ in reference_targets(model) for layout in LAYOUTS}
+    for key in state:
+        if not (_RESNET_KEY.match(key) or _NECK_KEY.match(key) or key in heads):
+            return key
+    return next(iter(state))
+
+
+def _zoo_hint(variant, backbone, layout=None):
+    """Which zoo entries (:mod:`solo_tf.zoo`) are of this variant and backbone."""
+    from solo_tf.zoo.registry import entries_for
+
+    names = entries_for(variant, backbone, layout)
+    if names:
+        return (f"The zoo has the {variant} {backbone} model{'s' if len(names) > 1 else ''} "
+                f"{', '.join(names)} (solo-tf models lists them all)")
+    return "solo-tf models lists the checkpoints that load"
 
 
 def _conv(key, layer):

@@ -153,8 +153,12 @@ def train(config: Config, out_dir, *, epochs=None, steps_per_epoch=None, total_s
     dist = make_strategy(strategy)
     out_dir = _run_folder(out_dir, strategy, replicas_of(dist), cfg)
     # --- set-up: data, the run's length and schedule, the model ---
-    if cfg.model.init_weights is not None and resume_from is None and not Path(cfg.model.init_weights).is_file():
-        raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
+    if cfg.model.init_weights is not None and resume_from is None:
+        from solo_tf.zoo import resolve_checkpoint
+
+        # a zoo name: downloaded (once) now, before anything is built
+        if not resolve_checkpoint(cfg.model.init_weights).is_file():
+            raise FileNotFoundError(f"model.init_weights: checkpoint file not found: {cfg.model.init_weights}")
     train_ds, val_ds, info, plan = _training_data(cfg, strategy, log, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                                   total_steps=total_steps, time_budget_s=time_budget_s)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +308,8 @@ def _run_callbacks(cfg, out_dir, plan, initial_epoch, resume_from, time_budget_s
 
 
 def apply_init_weights(model, path, log=None):
-    """Load ``model.init_weights``, a reference (WXinlong/SOLO) COCO checkpoint, into a model
+    """Load ``model.init_weights``, a reference (WXinlong/SOLO or mmdetection 2.x/3.x) COCO
+    checkpoint file or zoo name (its cached checkpoint, :func:`solo_tf.zoo.resolve_checkpoint`), into a model
     :func:`train` has just built: :func:`solo_tf.reference_weights.load_reference_checkpoint`
     with ``strict=False``, so a model of another ``num_classes`` keeps its own category
     output conv (the log line says so); every other tensor must fit exactly.
@@ -313,8 +318,9 @@ def apply_init_weights(model, path, log=None):
         the :class:`solo_tf.reference_weights.ReferenceLoadReport`.
     """
     from solo_tf.reference_weights import load_reference_checkpoint
+    from solo_tf.zoo import resolve_checkpoint
 
-    report = load_reference_checkpoint(model, path, strict=False)
+    report = load_reference_checkpoint(model, resolve_checkpoint(path), strict=False)
     (log or _log)(f"[solo-tf] model.init_weights: {report}")
     return report
 
@@ -589,7 +595,7 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
     results_path = write_json(out.dir / "predictions.json", out.results)
     summary = {
         "images": out.images, "videos": len(out.video_sources), "frames": out.frames, "detections": len(out.results),
-        "masks": out.masks, "skipped": skipped.counts(), "seconds": round(seconds, 3),
+        "masks": out.mask_pngs, "skipped": skipped.counts(), "seconds": round(seconds, 3),
         "frames_per_second": round(out.count / seconds, 2) if seconds > 0 else None, "interrupted": interrupted,
         "live": all(s.live for s in sources),
     }
@@ -607,7 +613,7 @@ class _PredictOutputs:
         self.class_names, self.category_ids = class_names, category_ids
         self.score_thr, self.overlays, self.save_masks = score_thr, overlays, save_masks
         self.results, self.instances, self.pictures, self.videos = [], [], [], []
-        self.images = self.frames = self.masks = 0
+        self.images = self.frames = self.mask_pngs = 0
         self.video_sources = set()  # ids of the videos, cameras and streams that gave a frame
         self._stems, self._used = {}, set()
         self._video = None  # (source, VideoWriter) of the video being written
@@ -678,7 +684,7 @@ class _PredictOutputs:
             label = inst["labels"][k] if "labels" in inst else str(int(c))
             with atomic_path(self.dir / "masks" / f"{base}_{k}_{safe_name(label)}.png") as tmp:
                 Image.fromarray(np.asarray(m, np.uint8) * 255).save(tmp, format="PNG")
-            self.masks += 1
+            self.mask_pngs += 1
 
     def _close_video(self):
         if self._video is not None:

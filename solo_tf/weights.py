@@ -1,15 +1,17 @@
 """Import torchvision / timm ResNet checkpoints into the backbones of :mod:`solo_tf.backbones`.
 
-Files (:func:`read_state_dict`):
+Files (:func:`read_state_dict`), none of which needs PyTorch:
 
-- ``.safetensors``: parsed here with numpy only (8-byte little-endian header length, a JSON
-  header ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...}``,
-  then the raw little-endian buffer); the ``safetensors`` package is not needed. timm's
-  ``model.safetensors`` for ``resnet*.tv_in1k`` is such a file.
+- ``.safetensors``: the ``safetensors`` package's numpy API (``safetensors.numpy.load_file``).
+  timm's ``model.safetensors`` for ``resnet*.tv_in1k`` is such a file.
 - ``.npz``: ``np.savez(path, **state_dict)``, read with numpy only (no pickle).
-- ``.pth`` / ``.pt`` / ``.bin``: ``torch.load(..., weights_only=True)`` where PyTorch is
-  installed (``pip install torch`` otherwise). A ``{"state_dict": ...}`` or ``{"model": ...}``
-  wrapper is unwrapped, and a ``module.`` prefix on every key (DataParallel) is dropped.
+- ``.pth`` / ``.pt`` / ``.bin``: :func:`solo_tf.pth.read_pth`, a restricted unpickler that
+  admits only what a state dict needs (PyTorch's ``weights_only`` rule) and runs nothing;
+  both the zip and the legacy (torch < 1.6) serialization. A ``{"state_dict": ...}`` or
+  ``{"model": ...}`` wrapper is unwrapped, and a ``module.`` prefix on every key
+  (DataParallel) is dropped.
+
+bfloat16 tensors are widened to float32 (exactly); other dtypes keep theirs.
 
 Mapping (:func:`load_torchvision_resnet`), exact: the Keras layer ``conv1`` / ``bn1`` /
 ``layer{s}_{b}_{conv,bn}{i}`` / ``layer{s}_{b}_downsample_conv`` / ``..._downsample_bn``
@@ -25,88 +27,51 @@ and the file, and nothing is assigned.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 
-# safetensors dtype tag -> numpy little-endian dtype (BF16 is widened by hand).
-_SAFETENSORS_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
-}
 _IGNORED = re.compile(r"^fc\.(weight|bias)$|(^|\.)num_batches_tracked$")
 _BLOCK_LAYER = re.compile(r"^layer(\d+)_(\d+)_(\w+)$")
+PTH_SUFFIXES = (".pth", ".pt", ".bin")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a checkpoint file into ``{torch key: np.ndarray}`` (PyTorch layout, as stored).
+    """Read a checkpoint file into ``{torch key: np.ndarray}`` (PyTorch layout, as stored;
+    bfloat16 widened to float32).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: an unknown suffix, or a corrupted / unreadable file (the message names
-            the file and, where one is at fault, the key).
-        ImportError: a torch pickle (``.pth`` / ``.pt`` / ``.bin``) without PyTorch installed.
+            the file and, where one is at fault, the key); for a ``.pth``, also a pickle that
+            needs a global outside the state-dict allowlist
+            (:class:`solo_tf.pth.UnsafePickleError`, naming it).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    if path.endswith(".npz"):
-        return _read_npz(path)
-    if path.endswith((".pth", ".pt", ".bin")):
-        return _read_torch(path)
-    raise ValueError(f"checkpoint {path}: unknown file kind; expected .safetensors, .npz, .pth, .pt or .bin")
+        state = _read_safetensors(path)
+    elif path.endswith(".npz"):
+        state = _read_npz(path)
+    elif path.endswith(PTH_SUFFIXES):
+        state = _read_pth(path)
+    else:
+        raise ValueError(f"checkpoint {path}: unknown file kind; expected .safetensors, .npz, .pth, .pt or .bin")
+    return {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v for k, v in state.items()}
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Parse a ``.safetensors`` file with numpy only. Every tensor is copied out of a
-    read-only memory map; BF16 is widened to float32, other dtypes keep theirs."""
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size < 8:
-        raise ValueError(f"checkpoint {path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    n = int(raw[:8].view("<u8")[0])
-    if n > size - 8:
-        raise ValueError(f"checkpoint {path}: corrupted safetensors file: header length {n} exceeds the file ({size} bytes)")
+def _read_safetensors(path):
+    import safetensors.numpy
+
     try:
-        header = json.loads(bytes(raw[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint {path}: corrupted safetensors file: header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"checkpoint {path}: corrupted safetensors file: header is not a JSON object")
-    buffer = raw[8 + n :]
-    state = {}
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        where = f"checkpoint {path}: tensor {key!r}"
-        try:
-            dtype_tag, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            shape = tuple(int(d) for d in shape)
-            begin, end = int(begin), int(end)
-        except (TypeError, KeyError, ValueError) as e:
-            raise ValueError(f"{where}: malformed header entry {entry!r}") from e
-        if dtype_tag not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{where}: unsupported dtype {dtype_tag!r}")
-        dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_tag])
-        if not 0 <= begin <= end <= buffer.size or any(d < 0 for d in shape):
-            raise ValueError(
-                f"{where}: data offsets [{begin}, {end}] outside the data buffer ({buffer.size} bytes); "
-                "the file is truncated or corrupted"
-            )
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise ValueError(f"{where}: {end - begin} bytes do not hold shape {list(shape)} of {dtype_tag}")
-        value = np.array(buffer[begin:end].view(dtype).reshape(shape))  # a copy: the map closes
-        if dtype_tag == "BF16":
-            value = (value.astype(np.uint32) << 16).view(np.float32)
-        state[key] = value
-    return state
+        return safetensors.numpy.load_file(path)
+    except Exception as e:  # safetensors.SafetensorError (a bad header, truncation), OSError
+        raise ValueError(f"checkpoint {path}: not a readable safetensors file, corrupted or truncated ({e})") from e
 
 
 def _read_npz(path):
@@ -126,33 +91,12 @@ def _read_npz(path):
     return state
 
 
-def _read_torch(path):
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"reading the PyTorch checkpoint {path} needs PyTorch: pip install torch "
-            "(or save the state dict as .safetensors / .npz, which load with numpy only)"
-        ) from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, zip errors, refused globals
-        raise ValueError(f"checkpoint {path}: torch.load failed ({e})") from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path}: expected a state dict, got {type(obj).__name__}")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    state = {}
-    for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        value = value.detach().cpu()
-        if value.is_floating_point():
-            value = value.float()  # bf16 / fp16 -> float32 (numpy has no bf16)
-        state[key] = value.numpy()
+def _read_pth(path):
+    from solo_tf.pth import read_pth
+
+    state, _ = read_pth(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 

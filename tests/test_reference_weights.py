@@ -8,7 +8,6 @@ The synthetic checkpoints are written from the reference's own module definition
 DecoupledSOLOHead), not from solo_tf's mapping."""
 
 import dataclasses
-import importlib.util
 import types
 
 import keras
@@ -36,10 +35,16 @@ def model_config(variant, **overrides):
     return check_model_config(ModelConfig(**kw))
 
 
-def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLOCKS, seed=0):
-    """A state dict as WXinlong/SOLO names it, shapes from the reference's constructors."""
+def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLOCKS, seed=0, layout="mmdet1"):
+    """A state dict as WXinlong/SOLO (``layout="mmdet1"``) or mmdetection 2.x/3.x
+    (``"mmdet2"``) names it, shapes from the reference's constructors. Both layouts draw the
+    same values in the same order, so a seed gives the same weights under either's names."""
     rng = np.random.default_rng(seed)
     state = {}
+    mm2 = layout == "mmdet2"
+
+    def n(mmdet1, mmdet2):  # a module's name in each reference (mmdet 1.x WXinlong, mmdet 2.x/3.x)
+        return mmdet2 if mm2 else mmdet1
 
     def rand(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
@@ -63,9 +68,9 @@ def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLO
     conv("backbone.conv1", 64, 3, 7, False)
     bn("backbone.bn1", 64)
     inplanes = 64
-    for s, n in enumerate(blocks, start=1):
+    for s, count in enumerate(blocks, start=1):
         planes = 64 * 2 ** (s - 1)
-        for b in range(n):
+        for b in range(count):
             p = f"backbone.layer{s}.{b}"
             conv(f"{p}.conv1", planes, inplanes, 3, False)
             bn(f"{p}.bn1", planes)
@@ -75,40 +80,47 @@ def reference_state(variant, *, classes=CLASSES, stacked=STACKED, blocks=R18_BLO
                 conv(f"{p}.downsample.0", planes, inplanes, 1, False)
                 bn(f"{p}.downsample.1", planes)
             inplanes = planes
-    # FPN: ConvModule without norm or activation -> conv with bias
+    # FPN: ConvModule without norm or activation -> conv with bias (same names in both)
     for i, c in enumerate(R18_CHANNELS):
         conv(f"neck.lateral_convs.{i}.conv", FPN, c, 1, True)
         conv(f"neck.fpn_convs.{i}.conv", FPN, FPN, 3, True)
     if variant == "solov2":
+        # SOLOv2Head / mmdet 2.x SOLOV2Head: kernel and category towers built in one loop
         for i in range(stacked):
-            conv_module(f"bbox_head.kernel_convs.{i}", HEAD, FPN + 2 if i == 0 else HEAD)  # + x, y
-            conv_module(f"bbox_head.cate_convs.{i}", HEAD, FPN if i == 0 else HEAD)
-        conv("bbox_head.solo_cate", classes, HEAD, 3, True)
-        conv("bbox_head.solo_kernel", E, HEAD, 3, True)
-        # MaskFeatHead(start_level=0, end_level=3): level 0 one conv; level i >= 1 i convs,
-        # the first of level 3 with 2 coordinate channels; conv_pred: 1x1 ConvModule to E
-        conv_module("mask_feat_head.convs_all_levels.0.conv0", MASK_FEAT, FPN)
+            conv_module(n(f"bbox_head.kernel_convs.{i}", f"mask_head.kernel_convs.{i}"), HEAD,
+                        FPN + 2 if i == 0 else HEAD)  # + x, y
+            conv_module(n(f"bbox_head.cate_convs.{i}", f"mask_head.cls_convs.{i}"), HEAD, FPN if i == 0 else HEAD)
+        conv(n("bbox_head.solo_cate", "mask_head.conv_cls"), classes, HEAD, 3, True)
+        conv(n("bbox_head.solo_kernel", "mask_head.conv_kernel"), E, HEAD, 3, True)
+        # MaskFeatHead / mmdet 2.x MaskFeatModule (mask_head.mask_feature_head), start_level=0,
+        # end_level=3: level 0 one conv; level i >= 1 i convs, the first of level 3 with 2
+        # coordinate channels; conv_pred: a 1x1 ConvModule to E (mmdet 1.x: in a Sequential)
+        feat = n("mask_feat_head", "mask_head.mask_feature_head")
+        conv_module(f"{feat}.convs_all_levels.0.conv0", MASK_FEAT, FPN)
         for i in (1, 2, 3):
             for j in range(i):
                 cin = (FPN + 2 if i == 3 else FPN) if j == 0 else MASK_FEAT
-                conv_module(f"mask_feat_head.convs_all_levels.{i}.conv{j}", MASK_FEAT, cin)
-        conv_module("mask_feat_head.conv_pred.0", E, MASK_FEAT, k=1)
+                conv_module(f"{feat}.convs_all_levels.{i}.conv{j}", MASK_FEAT, cin)
+        conv_module(n("mask_feat_head.conv_pred.0", "mask_head.mask_feature_head.conv_pred"), E, MASK_FEAT, k=1)
     elif variant == "solo":
+        # SOLOHead: mask tower ins_convs / mask_convs (+ x, y), category tower, per-level 1x1 to S^2
         for i in range(stacked):
-            conv_module(f"bbox_head.ins_convs.{i}", HEAD, FPN + 2 if i == 0 else HEAD)
-            conv_module(f"bbox_head.cate_convs.{i}", HEAD, FPN if i == 0 else HEAD)
-        for l, s in enumerate(GRIDS):
-            conv(f"bbox_head.solo_ins_list.{l}", s * s, HEAD, 1, True)
-        conv("bbox_head.solo_cate", classes, HEAD, 3, True)
-    else:  # decoupled_solo
+            conv_module(n(f"bbox_head.ins_convs.{i}", f"mask_head.mask_convs.{i}"), HEAD, FPN + 2 if i == 0 else HEAD)
+            conv_module(n(f"bbox_head.cate_convs.{i}", f"mask_head.cls_convs.{i}"), HEAD, FPN if i == 0 else HEAD)
+        for l, g in enumerate(GRIDS):
+            conv(n(f"bbox_head.solo_ins_list.{l}", f"mask_head.conv_mask_list.{l}"), g * g, HEAD, 1, True)
+        conv(n("bbox_head.solo_cate", "mask_head.conv_cls"), classes, HEAD, 3, True)
+    else:  # DecoupledSOLOHead: X and Y towers (+ x / + y), per-level 3x3 to S each
         for i in range(stacked):
-            conv_module(f"bbox_head.ins_convs_x.{i}", HEAD, FPN + 1 if i == 0 else HEAD)
-            conv_module(f"bbox_head.ins_convs_y.{i}", HEAD, FPN + 1 if i == 0 else HEAD)
-            conv_module(f"bbox_head.cate_convs.{i}", HEAD, FPN if i == 0 else HEAD)
-        for l, s in enumerate(GRIDS):
-            conv(f"bbox_head.dsolo_ins_list_x.{l}", s, HEAD, 3, True)
-            conv(f"bbox_head.dsolo_ins_list_y.{l}", s, HEAD, 3, True)
-        conv("bbox_head.dsolo_cate", classes, HEAD, 3, True)
+            conv_module(n(f"bbox_head.ins_convs_x.{i}", f"mask_head.mask_convs_x.{i}"), HEAD,
+                        FPN + 1 if i == 0 else HEAD)
+            conv_module(n(f"bbox_head.ins_convs_y.{i}", f"mask_head.mask_convs_y.{i}"), HEAD,
+                        FPN + 1 if i == 0 else HEAD)
+            conv_module(n(f"bbox_head.cate_convs.{i}", f"mask_head.cls_convs.{i}"), HEAD, FPN if i == 0 else HEAD)
+        for l, g in enumerate(GRIDS):
+            conv(n(f"bbox_head.dsolo_ins_list_x.{l}", f"mask_head.conv_mask_list_x.{l}"), g, HEAD, 3, True)
+            conv(n(f"bbox_head.dsolo_ins_list_y.{l}", f"mask_head.conv_mask_list_y.{l}"), g, HEAD, 3, True)
+        conv(n("bbox_head.dsolo_cate", "mask_head.conv_cls"), classes, HEAD, 3, True)
     return state
 
 
@@ -314,24 +326,102 @@ def test_solo_and_decoupled_solo_checkpoints(variant):
         np.testing.assert_array_equal(np_(head.cate_out.bias), state["bbox_head.dsolo_cate.bias"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed in this environment")
-def test_pth_checkpoint(tmp_path, v2):
-    import torch
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pth_checkpoint_without_torch(tmp_path, v2, legacy):
+    """An mmdet {"meta", "state_dict"} .pth, in the zip and the legacy (2020) serialization."""
+    from pth_writer import write_pth
 
     state = reference_state("solov2", seed=6)
-    path = tmp_path / "solov2_r18.pth"
-    torch.save({"meta": {"epoch": 36}, "state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+    path = write_pth(tmp_path / "solov2_r18.pth", {"meta": {"epoch": 36}, "state_dict": state}, legacy=legacy)
     load_reference_checkpoint(v2, path)
     np.testing.assert_array_equal(np_(v2.get_layer("head").kernel_out.kernel),
                                   hwio(state["bbox_head.solo_kernel.weight"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
-def test_pth_without_torch_says_what_to_install(tmp_path, v2):
-    path = tmp_path / "solov2.pth"
-    path.write_bytes(b"not read")
-    with pytest.raises(ImportError, match="pip install torch"):
-        load_reference_checkpoint(v2, path)
+# --- mmdetection 2.x/3.x layout ------------------------------------------------------------------
+
+
+def _weights(model):
+    return [np_(w).copy() for w in model.weights]
+
+
+@pytest.mark.parametrize("variant", ["solov2", "solo", "decoupled_solo"])
+def test_mmdet2_checkpoint_loads_as_the_equivalent_wxinlong_file(tmp_path, v2, variant):
+    """mmdet 2.x names, {meta, state_dict}, zip .pth: every weight lands where the WXinlong
+    file with the same values puts it."""
+    from pth_writer import write_pth
+    from solo_tf.model import SOLO
+
+    model = v2 if variant == "solov2" else SOLO(model_config(variant))
+    wx = reference_state(variant, seed=11)
+    load_reference_checkpoint(model, wx)
+    want = _weights(model)
+    load_reference_checkpoint(model, reference_state(variant, seed=12))  # something else in between
+    mm = reference_state(variant, seed=11, layout="mmdet2")
+    assert not set(mm) & {k for k in wx if not k.startswith(("backbone.", "neck."))}  # other names
+    path = write_pth(tmp_path / "mmdet2.pth", {"meta": {"mmdet_version": "2.25.0", "CLASSES": ("a", "b", "c")},
+                                               "state_dict": mm})
+    report = load_reference_checkpoint(model, path)
+    assert report.loaded == len(model.weights)
+    for got, expected, var in zip(_weights(model), want, model.weights):
+        np.testing.assert_array_equal(got, expected, err_msg=var.path)
+    assert_every_tensor_landed_once(model, wx)
+    found = describe_reference_checkpoint(mm)
+    assert found.pop("layout") == "mmdet2" and describe_reference_checkpoint(wx).pop("layout") == "mmdet1"
+    assert {k: v for k, v in found.items() if k != "variant_key"} == {
+        k: v for k, v in describe_reference_checkpoint(wx).items() if k not in ("variant_key", "layout")}
+
+
+def test_mmdet2_errors_name_the_keys_as_the_file_has_them(v2):
+    mm = reference_state("solov2", seed=13, layout="mmdet2")
+    del mm["mask_head.mask_feature_head.conv_pred.gn.bias"]
+    with pytest.raises(ValueError, match=r"mmdetection 2.x/3.x checkpoint.*1 missing key\(s\): "
+                                         r"'mask_head.mask_feature_head.conv_pred.gn.bias'"):
+        load_reference_checkpoint(v2, mm)
+    coco = reference_state("solov2", classes=80, seed=14, layout="mmdet2")
+    with pytest.raises(ValueError, match=r"'mask_head.conv_cls.weight' has shape \[80, 32, 3, 3\]"):
+        load_reference_checkpoint(v2, coco)
+    report = load_reference_checkpoint(v2, coco, strict=False)
+    assert report.skipped == ("mask_head.conv_cls.weight", "mask_head.conv_cls.bias")
+    np.testing.assert_array_equal(np_(v2.get_layer("head").kernel_out.bias), coco["mask_head.conv_kernel.bias"])
+    dcn = reference_state("solov2", layout="mmdet2")
+    dcn["mask_head.kernel_convs.1.conv.conv_offset.weight"] = np.zeros((18, HEAD, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"DCN.*'mask_head.kernel_convs.1.conv.conv_offset.weight'"):
+        load_reference_checkpoint(v2, dcn)
+    with pytest.raises(ValueError, match=r"checkpoint is a solo model \('mask_head.conv_mask_list.0.weight'\)"):
+        load_reference_checkpoint(v2, reference_state("solo", layout="mmdet2"))
+
+
+def test_mmdet2_decoupled_solo_light_is_refused_naming_the_key():
+    """DecoupledSOLOLightHead: one mask tower 'mask_convs' (features + x + y) feeding both
+    conv_mask_list_x and _y; solo_tf's Decoupled SOLO has no place for it."""
+    from solo_tf.model import SOLO
+
+    light = {k: v for k, v in reference_state("decoupled_solo", layout="mmdet2").items()
+             if not k.startswith(("mask_head.mask_convs_x.", "mask_head.mask_convs_y."))}
+    rng = np.random.default_rng(0)
+    for i in range(STACKED):
+        light[f"mask_head.mask_convs.{i}.conv.weight"] = rng.standard_normal(
+            (HEAD, FPN + 2 if i == 0 else HEAD, 3, 3)).astype(np.float32)
+        light[f"mask_head.mask_convs.{i}.gn.weight"] = np.ones(HEAD, np.float32)
+        light[f"mask_head.mask_convs.{i}.gn.bias"] = np.zeros(HEAD, np.float32)
+    model = SOLO(model_config("decoupled_solo"))
+    with pytest.raises(ValueError, match=rf"Decoupled SOLO light.*'mask_head.mask_convs.0.conv.weight' is one mask "
+                                         rf"tower of {FPN + 2} inputs"):
+        load_reference_checkpoint(model, light)
+
+
+def test_foreign_checkpoint_names_its_first_key_and_the_zoo_entries(v2):
+    state = reference_state("solov2", seed=15)
+    adelaidet = {k: v for k, v in state.items() if k.startswith("backbone.layer1.")}  # these fit a ResNet
+    adelaidet["backbone.bottom_up.stem.conv1.weight"] = np.zeros((64, 3, 7, 7), np.float32)
+    adelaidet["ins_head.cate_tower.0.weight"] = np.zeros((HEAD, FPN, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"'backbone.bottom_up.stem.conv1.weight' fits no SOLO checkpoint.*"
+                                         r"AdelaiDet.*solov2_light_r18, mmdet_solov2_light_r18"):
+        load_reference_checkpoint(v2, adelaidet)
+    classifier = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    with pytest.raises(ValueError, match=r"'conv1.weight' fits no SOLO checkpoint"):
+        load_reference_checkpoint(v2, classifier)
 
 
 # --- model.init_weights ------------------------------------------------------------------------
