@@ -121,6 +121,9 @@ def _add_export_arguments(p):
                    help="network canvas of the export, multiples of 32 (default: the model's)")
     p.add_argument("--out", help="SavedModel base path (writes OUT/<version>/) or the .tflite/.onnx file "
                                  "(default: beside the model)")
+    p.add_argument("--calibration-images", nargs="+", metavar="DIR",
+                   help="int8: calibrate on these images (folders, files or globs; up to --calibration of them) "
+                        "instead of the training data, e.g. your own photos for a zoo model")
     p.add_argument("--calibration", type=int, default=100,
                    help="int8: number of training images to calibrate on (default 100)")
     p.add_argument("--config", help="training config (preset or YAML) for calibration data and "
@@ -138,10 +141,16 @@ def _add_export_arguments(p):
 def _cmd_export(args):
     from solo_tf.config import postprocess_overrides
     from solo_tf.export import export_model
+    from solo_tf.export.calibration import images_from_paths
 
+    calibration = args.calibration
+    if args.calibration_images:
+        if args.quantize != "int8":
+            raise ValueError("--calibration-images applies to --quantize int8 only")
+        calibration = images_from_paths(args.calibration_images, args.calibration)
     result = export_model(
         args.model, args.format, args.out, quantize=args.quantize, image_size=args.image_size,
-        calibration=args.calibration, config=args.config, postprocess=postprocess_overrides(args.set) or None,
+        calibration=calibration, config=args.config, postprocess=postprocess_overrides(args.set) or None,
         raw_outputs=args.raw_outputs,
         full_size_masks=args.full_size_masks, version=args.version, input_dtype=args.input_dtype,
         overwrite=args.overwrite, opset=args.opset,

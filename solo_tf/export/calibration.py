@@ -26,15 +26,47 @@ def calibration_canvases(calibration, canvas_size, config=None) -> np.ndarray:
             raise ExportError(f"calibration must be a positive number of images, got {n}")
         if config is None:
             raise ExportError(
-                "quantize='int8' calibrates on the model's training data: pass config= (the training "
-                "config, or --config on the command line), or a list of images as calibration"
+                "quantize='int8' calibrates on the model's training data, and this model has no training "
+                "config beside it: pass your own photos (--calibration-images DIR; in Python calibration= a "
+                "list of RGB images) or the training config (--config, config=)"
             )
-        images = _training_images(config, n)
+        try:
+            images = _training_images(config, n)
+        except (OSError, ValueError) as e:  # a config whose data is not on this machine (a zoo model's COCO)
+            raise ExportError(f"int8 calibration could not read the training data of the config ({e}); pass "
+                              f"your own photos instead: --calibration-images DIR") from None
     else:
         images = list(calibration)
         if not images:
             raise ExportError("calibration: no images given")
     return np.stack([letterbox(np.asarray(im), canvas_size)[0] for im in images]).astype(np.float32)
+
+
+def images_from_paths(paths, n) -> list:
+    """Up to ``n`` RGB images for calibration from image files, folders or globs (your own
+    photos: ``solo-tf export --calibration-images DIR``), in name order. Files that are not
+    readable images are named on stderr and skipped; none at all is an ExportError."""
+    from solo_tf.media import SkipLog, expand_sources, read_image
+
+    skipped = SkipLog(log=lambda line: print(f"[solo-tf] int8 calibration: {line}", file=sys.stderr))
+    try:
+        sources = [s for s in expand_sources(list(paths), skipped) if s.kind == "image"]
+    except FileNotFoundError as e:
+        raise ExportError(f"--calibration-images: {e}") from None
+    images = []
+    for s in sources:
+        if len(images) >= n:
+            break
+        try:
+            images.append(read_image(s.target))
+        except ValueError as e:
+            skipped.add(s.name, "unreadable image", str(e))
+    if not images:
+        raise ExportError(f"--calibration-images {' '.join(str(p) for p in paths)}: no readable images "
+                          f"({skipped.summary()})")
+    if len(images) < n:
+        print(f"[solo-tf] int8 calibration: {len(images)} images (asked for {n})", file=sys.stderr)
+    return images
 
 
 def _training_images(config, n):
