@@ -485,8 +485,10 @@ def _agreement(reference, outputs, post) -> dict:
     Otherwise it names the worst of Keras's detections: each is paired with the other
     format's detection of its class that overlaps it most, whatever the scores (not one to
     one: duplicates of one object in either output do not count as misses), and the lowest
-    such mask IoU and the largest score difference are given, with the detections that have
-    no partner of their class at all."""
+    such mask IoU (with the mean, :func:`~solo_tf.parity.mask_agreement`) and the largest
+    score difference are given, with the detections that have no partner of their class at
+    all. Detections scored below the decoder's keep threshold (``update_thr``) plus
+    :data:`MATCH_SCORE_TOL` are left out: they may fall either side of it."""
     from solo_tf.parity import compare_detections, mask_agreement, mask_iou
 
     def one(d):
@@ -514,7 +516,8 @@ def _agreement(reference, outputs, post) -> dict:
     same = all(r["unmatched"] == 0 and r["min_mask_iou"] >= MATCH_MIN_IOU for r in strict)
     verdict = "yes"
     if not same:
-        verdict = f"no: worst mask IoU {min(ious):.3f}, max score diff {max(diffs):.3g}"
+        verdict = (f"no: worst mask IoU {min(ious):.2f} (mean {agree['mean_iou']:.2f}), "
+                   f"max score diff {max(diffs):.3f}")
         if unpaired:
             verdict += f", {unpaired} without a partner"
     return {"matches_keras": verdict, "min_mask_iou": min(ious), "max_score_diff": max(diffs), "unmatched": unpaired,
