@@ -1,4 +1,4 @@
-"""Command line: ``solo-tf train|evaluate|predict|export|demo|convert|info|models`` and ``solo-tf --version``.
+"""Command line: ``solo-tf train|evaluate|predict|export|benchmark|demo|convert|info|models`` and ``solo-tf --version``.
 
 Argument parsing, a call into :mod:`solo_tf.tasks`, printing, and errors mapped to exit
 codes; nothing else lives here. Each command prints one JSON line on stdout (``info``
@@ -157,6 +157,36 @@ def _cmd_export(args):
     )
     _print_json({"path": str(result.path), "format": result.format, "quantize": result.quantize,
                  "size_bytes": result.size_bytes, "files": [str(f) for f in result.files]})
+
+
+def _cmd_benchmark(args):
+    from solo_tf.benchmark import (
+        benchmark_formats,
+        default_out,
+        format_table,
+        table_notes,
+    )
+
+    out = Path(args.out) if args.out else default_out(args.model)
+    rows = benchmark_formats(args.model, config=args.config, data=args.data, image_dir=args.image_dir,
+                             formats=args.formats, num_images=args.images, runs=args.runs, threads=args.threads,
+                             out=out, calibration=args.calibration)
+    _log(format_table(rows))
+    for note in table_notes(rows):
+        _log(f"  {note}")
+    _print_json({"csv": str(out / "benchmark.csv"), "json": str(out / "benchmark.json"),
+                 "mask_ap": {r["format"]: r["mask_AP"] for r in rows},
+                 "matches_keras": {r["format"]: r["matches_keras"] for r in rows}})
+
+
+def _formats_arg(text):
+    # solo_tf.benchmark imports neither Keras nor TensorFlow at module level: --help stays instant
+    from solo_tf.benchmark import BenchmarkError, parse_formats
+
+    try:
+        return parse_formats(text)
+    except BenchmarkError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cmd_demo(args):
@@ -406,6 +436,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(TF Serving), TFLite (LiteRT), ONNX or a registered format")
     _add_export_arguments(x)
     x.set_defaults(func=_cmd_export)
+
+    from solo_tf.benchmark import DEFAULT_FORMATS
+    from solo_tf.benchmark import FORMATS as BENCH_FORMATS
+
+    b = sub.add_parser("benchmark", parents=[common],
+                       help="export to every format and run each on the same validation images: mask AP and its "
+                            "change from Keras, size, latency, agreement with Keras (table, CSV, JSON)")
+    b.add_argument("--model", required=True, help="a model.keras written by train or demo")
+    b.add_argument("--config", help="config for the data and int8 calibration (default: config.yaml beside the model)")
+    b.add_argument("--data", help="validate on this instead: a COCO instances JSON, or a YAML config whose "
+                                  "data section (validation split) is used")
+    b.add_argument("--image-dir", help="image folder of a --data JSON (default: images/ beside it, else its folder)")
+    b.add_argument("--formats", type=_formats_arg, default=DEFAULT_FORMATS, metavar="F1,F2,...",
+                   help=f"comma-separated, from {', '.join(BENCH_FORMATS)} (default {','.join(DEFAULT_FORMATS)}; "
+                        "keras always runs: the reference)")
+    b.add_argument("--images", type=int, default=50, metavar="N", help="the first N validation images (default 50)")
+    b.add_argument("--runs", type=int, default=10, metavar="N",
+                   help="latency: the median of N calls at batch 1 on one image (default 10)")
+    b.add_argument("--threads", type=int, metavar="N", help="CPU threads of every runtime (default: all cores)")
+    b.add_argument("--calibration", type=int, default=100, metavar="N",
+                   help="int8: images to calibrate on (default 100; the config's training images, else the "
+                        "validation images, as the table notes)")
+    b.add_argument("--out", help="folder for the exports, benchmark.csv, benchmark.json and each format's COCO "
+                                 "results (default: benchmark/ beside the model)")
+    b.set_defaults(func=_cmd_benchmark)
 
     c = sub.add_parser("convert", parents=[common],
                        help="convert a dataset (LabelMe, YOLO-seg, instance PNGs, CIS680) to COCO JSON + images")
