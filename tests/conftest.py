@@ -60,9 +60,9 @@ def tiny_model_config(variant="solov2", image_size=(64, 64), num_classes=3, **ov
         norm_groups=8,
     )
     kw.update(overrides)
-    cfg = ModelConfig(**kw)
-    cfg.validate()
-    return cfg
+    from solo_tf.variants import check_model_config
+
+    return check_model_config(ModelConfig(**kw))
 
 
 # --- tiny models trained once per session, shared by test_overfit.py and test_export.py --------

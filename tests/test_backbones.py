@@ -28,10 +28,13 @@ SMALL_INPUT = {"resnet50", "resnet101", "mobilenetv3_small", "mobilenetv3_large"
 
 
 def test_config_accepts_every_backbone_name():
-    from solo_tf.config import ModelConfig
+    from solo_tf.config import ConfigError, ModelConfig
+    from solo_tf.variants import check_model_config
 
     for name in BACKBONES:
-        ModelConfig(backbone=name).validate()
+        check_model_config(ModelConfig(backbone=name))
+    with pytest.raises(ConfigError, match="model.backbone must be one of"):
+        check_model_config(ModelConfig(backbone="resnet19"))
 
 
 @pytest.mark.parametrize("name", BACKBONES)

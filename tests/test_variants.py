@@ -3,9 +3,9 @@ Dice loss and the decoder share - against a numpy reference of each paper's mask
 
 import numpy as np
 import pytest
+from conftest import tiny_model_config
 from keras import ops
 
-from conftest import tiny_model_config
 from solo_tf.config import ConfigError, ModelConfig
 from solo_tf.decoder import resize_bilinear
 from solo_tf.variants import (
@@ -14,6 +14,7 @@ from solo_tf.variants import (
     SOLOv2Variant,
     SOLOVariant,
     Variant,
+    check_model_config,
     get_variant,
     multi_level_flatten,
 )
@@ -40,7 +41,7 @@ def test_unknown_variant_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match="unknown model variant 'solov3'.*solo, decoupled_solo, solov2"):
         get_variant(ModelConfig(variant="solov3"))
     with pytest.raises(ConfigError, match="model.variant"):
-        ModelConfig(variant="solov3").validate()
+        check_model_config(ModelConfig(variant="solov3"))
 
 
 def test_solov2_checks_its_own_widths():
