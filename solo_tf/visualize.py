@@ -411,7 +411,7 @@ def plot_training_curves(history_or_csv, path, title=None):
                 seen = ~np.isnan(vals)  # epochs without a validation run are empty (train.val_every)
                 ax.plot(epochs[: len(vals)][seen], vals[seen], "-", marker="o", markersize=3, label=name)
             ax.set_ylim(bottom=0)
-            ax.set_title("validation AP (COCO, 0.50:0.95 unless named)")
+            ax.set_title("validation AP (COCO)")
         elif key == "lr":
             if lr is not None:
                 # constant within an epoch up to the step: drawn as steps, centred on the epochs
@@ -472,7 +472,7 @@ def plot_pr_curves(pr, path, title=None):
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (mean over classes)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
     ax.set_title(title or "mask precision-recall per IoU threshold", fontsize=11, weight="bold")
     fig.tight_layout()
     return _save(fig, path)
