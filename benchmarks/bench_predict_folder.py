@@ -22,12 +22,13 @@ Each graph is traced before timing; the methods run in turns (``--rounds`` round
 ABC.. ABC..) and each reports its median round, so a change of machine load hits all of
 them alike. Prints figures; asserts nothing.
 
-Measured on the 2-core CPU machine shared with other jobs (load average 3.7 while it ran),
-200 images, 3 rounds: one at a time 99 images/s; stream b8 143 (1.44x); stream b16 187
-(1.88x); the predict task at its default b16, start-up included, 52. Below the 2x goal: the
+Measured on the 2-core CPU machine of the CI kind, one other job on it (load average 2.0-2.2
+while it ran), 200 images, 3 rounds: one at a time 103 images/s; stream b8 228 (2.22x);
+stream b16 254 (2.47x); the predict task at its default b16, 83 (0.80x): its time includes
+loading the model file and tracing its graph (~1.6 s), which the other rows do before timing.
+An earlier run with three other jobs on the machine (load 3.7) gave 1.44x / 1.88x: the
 network alone costs ~7 ms an image at batch 1 and at batch 16 (compute-bound), so batching
-wins back only the per-call overhead and the host work, and on two busy cores the reader
-thread's decoding is not free either.
+wins back the per-call overhead and the host work, and the reader thread needs a free core.
 
     python benchmarks/bench_predict_folder.py                 # 200 images, 3 rounds
     python benchmarks/bench_predict_folder.py --batch-sizes 4 8 16 --overlays
