@@ -174,7 +174,7 @@ def profile(data: bytes, repeats=5, per_op=True):
     return {"total": total, "groups": groups, "ops": ops, "counts": counts}
 
 
-def report(label, result, top=15):
+def report(label, result, top=15, group=None):
     print(f"\n== {label}: end to end {result['total']:.1f} ms (LiteRT, {THREADS} threads)")
     per_op = collections.defaultdict(float)
     per_type = collections.defaultdict(lambda: collections.defaultdict(float))
@@ -192,8 +192,9 @@ def report(label, result, top=15):
             ", ".join(f"{k} x{n}" for k, n in result["counts"][g].most_common(5))
         print(f"{g:<14} {result['groups'][g]:>12.2f} {per_op.get(g, float('nan')):>14.2f}  {mix}")
     if result["ops"]:
-        print(f"slowest ops:")
-        for ms, i, kind, g, name in sorted(result["ops"], reverse=True)[:top]:
+        print(f"slowest ops{'' if group is None else ' of ' + group}:")
+        ops = [o for o in result["ops"] if group is None or o[3] == group]
+        for ms, i, kind, g, name in sorted(ops, reverse=True)[:top]:
             print(f"  {ms:7.2f} ms  #{i:<4} {kind:<18} {g:<12} {name[:90]}")
 
 
@@ -203,10 +204,11 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--groups-only", action="store_true", help="skip the per-op models")
+    p.add_argument("--group", choices=GROUPS, help="list the slowest ops of this group only")
     args = p.parse_args()
     print(f"cpus={os.cpu_count()} threads={THREADS} load1={os.getloadavg()[0]:.1f}")
     for f in args.files:
-        report(f, profile(Path(f).read_bytes(), args.repeats, per_op=not args.groups_only), args.top)
+        report(f, profile(Path(f).read_bytes(), args.repeats, per_op=not args.groups_only), args.top, args.group)
 
 
 if __name__ == "__main__":
