@@ -309,7 +309,8 @@ def trained_agreement(model_path, quantizations, images=50, calibration=100, rep
     """A trained model (e.g. ``solo-tf demo``'s ``model.keras``, its ``config.yaml`` beside it):
     each quantised TFLite export against the fp32 one on ``images`` held-out images of its
     config's validation split (int8 calibrated on ``calibration`` training images): mean
-    mask IoU, recall at IoU 0.5, detections, and the latency of each file."""
+    mask IoU and recall at IoU 0.5 of the fp32 detections scored >= 0.3 (what ``solo-tf
+    predict`` keeps) and of all of them, and the latency of each file."""
     from solo_tf.data.sources import load_source
     from solo_tf.export import export_model
     from solo_tf.parity import mask_agreement
@@ -345,9 +346,13 @@ def trained_agreement(model_path, quantizations, images=50, calibration=100, rep
                 dets = sum(int(o["num_detections"][0]) for o in outs)
                 note = f"{dets} detections"
             else:
-                a = mask_agreement([one(fp32, i) for i in range(len(canvases))],
-                                   [one(outs, i) for i in range(len(canvases))])
-                note = f"mean mask IoU {a['mean_iou']:.3f} over {a['count']}, recall@0.5 {a['recall']:.2f}"
+                notes = []
+                for min_score in (0.3, 0.0):  # 0.3: what solo-tf predict keeps; 0: every fp32 detection
+                    a = mask_agreement([one(fp32, i) for i in range(len(canvases))],
+                                       [one(outs, i) for i in range(len(canvases))], min_score=min_score)
+                    notes.append(f"score >= {min_score}: mean mask IoU {a['mean_iou']:.3f} over {a['count']}, "
+                                 f"recall@0.5 {a['recall']:.2f}")
+                note = "; ".join(notes)
             print(f"{'fp32' if q == 'none' else q:<8} {len(data) / 1e3:>7.0f} {litert_ms(data, repeats):>17}  {note}",
                   flush=True)
 

@@ -95,7 +95,7 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # then _float_where_xnnpack_declines
     elif quantize == "int8":
         samples = [np.asarray(c, np.float32) for c in calibration]
 
@@ -113,6 +113,8 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
         data = quiet(converter.convert)
         if quantize == "int8":
             data = _quantize_int8(data, float_scopes, float_ops)
+        elif quantize == "dynamic":
+            data = _float_where_xnnpack_declines(data)
         return data
     except ExportError:
         raise
@@ -134,6 +136,52 @@ def _quantize_int8(calibrated: bytes, float_scopes, float_ops, attempts=3) -> by
             return data
         float_nodes |= rejected
     raise ExportError(f"int8: LiteRT's XNNPack delegate still rejects {', '.join(sorted(rejected))}")
+
+
+def _float_where_xnnpack_declines(data: bytes) -> bytes:
+    """A dynamic-range flatbuffer with the int8 weights of every op that LiteRT's XNNPack
+    delegate does not run with int8 weights turned back into float32 (their exact
+    dequantized values), so XNNPack runs it in float instead of the builtin hybrid kernel:
+    DEPTHWISE_CONV_2D in LiteRT 2.3 (12 of MobileNetV3's 15 depthwise convs, ~13 ms of the
+    mobile preset's dynamic invoke against ~1 ms in float). Each op is tried as a one-op
+    model; the file grows by those weights only (small for depthwise convs)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    graph = model.subgraphs[0]
+    int8, float32 = schema.TensorType.INT8, schema.TensorType.FLOAT32
+
+    def constant(t):
+        buf = model.buffers[graph.tensors[t].buffer]
+        return buf.data is not None and len(buf.data) > 0
+
+    changed = False
+    for i, op in enumerate(graph.operators):
+        weights = [t for t in op.inputs if t >= 0 and graph.tensors[t].type == int8 and constant(t)]
+        if not weights or not any(t >= 0 and graph.tensors[t].type == float32 for t in op.outputs):
+            continue
+        interp = Interpreter(model_content=subgraph_model(model, [i]), num_threads=1)
+        interp.allocate_tensors()
+        if any(d["op_name"] == "DELEGATE" for d in interp._get_ops_details()):
+            continue
+        for t in weights:
+            tensor = graph.tensors[t]
+            q = tensor.quantization
+            values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
+            scale = np.asarray(q.scale, np.float32)
+            zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], np.float32)
+            shape = [1] * values.ndim
+            if scale.size > 1:
+                shape[q.quantizedDimension] = scale.size
+            real = ((values.astype(np.float32) - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(real.tobytes(), np.uint8)
+            model.buffers.append(buffer)
+            tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, float32, None
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else data
 
 
 def _graph_ops(data: bytes):
