@@ -11,6 +11,7 @@ machine wall times stretch with the load, CPU times much less.
     python benchmarks/bench_export.py --configs solov2_light_mnv3l_448 --quantize none int8
     python benchmarks/bench_export.py --sweep                           # head / decoder design points
     python benchmarks/bench_export.py --tiny                            # per variant: formats, parity
+    python benchmarks/bench_export.py --trained solo_demo/model.keras     # quantised vs fp32 masks
 
 Rows: ``backbone`` (normalisation + backbone alone, converted the same way), ``network``
 (+ FPN and heads: the raw-outputs export), ``full`` (+ the in-graph decoder with Matrix NMS:
@@ -305,6 +306,58 @@ def tiny_variants(repeats):
                       f"{litert_ms(data, repeats):>15}  {note}", flush=True)
 
 
+def trained_agreement(model_path, quantizations, images=50, calibration=100, repeats=10):
+    """A trained model (e.g. ``solo-tf demo``'s ``model.keras``, its ``config.yaml`` beside it):
+    each quantised TFLite export against the fp32 one on ``images`` held-out images of its
+    config's validation split (int8 calibrated on ``calibration`` training images): mean
+    mask IoU and recall at IoU 0.5 of the fp32 detections scored >= 0.3 (what ``solo-tf
+    predict`` keeps) and of all of them, and the latency of each file."""
+    from solo_tf.data.sources import load_source
+    from solo_tf.export import export_model
+    from solo_tf.parity import mask_agreement
+    from solo_tf.preprocess import letterbox
+    from solo_tf.settings import resolve
+
+    settings = resolve(model_path)
+    canvas = tuple(settings.model.canvases[0])
+    src = load_source(settings.config, "val")
+    canvases = np.stack([np.round(np.asarray(letterbox(r["image"].numpy(), canvas)[0])).astype(np.uint8)
+                         for r in src.records.take(images)])
+
+    def run(data):
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_content=data, num_threads=THREADS).get_signature_runner()
+        return [runner(images=c[None]) for c in canvases]
+
+    def one(outs, i):
+        return {k: np.asarray(v)[0] for k, v in outs[i].items()}
+
+    print(f"{model_path}: {len(canvases)} held-out images at {canvas}, int8 calibrated on {calibration}")
+    print(f"{'quant':<8} {'KB':>7} {'LiteRT wall/cpu':>17}  agreement with fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = None
+        for q in ["none", *[q for q in quantizations if q != "none"]]:
+            result = export_model(model_path, "tflite", Path(tmp) / f"{q}.tflite", quantize=q,
+                                  calibration=calibration)
+            data = result.path.read_bytes()
+            outs = run(data)
+            if q == "none":
+                fp32 = outs
+                dets = sum(int(o["num_detections"][0]) for o in outs)
+                note = f"{dets} detections"
+            else:
+                notes = []
+                for min_score in (0.3, 0.0):  # 0.3: what solo-tf predict keeps; 0: every fp32 detection
+                    a = mask_agreement([one(fp32, i) for i in range(len(canvases))],
+                                       [one(outs, i) for i in range(len(canvases))], min_score=min_score)
+                    notes.append(f"score >= {min_score}: mean mask IoU {a['mean_iou']:.3f} over {a['count']}, "
+                                 f"recall@0.5 {a['recall']:.2f}")
+                note = "; ".join(notes)
+            print(f"{'fp32' if q == 'none' else q:<8} {len(data) / 1e3:>7.0f} {litert_ms(data, repeats):>17}  {note}",
+                  flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="*", default=["solov2_mobile_mnv3l_448", "decoupled_solo_light_mnv3l_448"])
@@ -316,6 +369,9 @@ def main():
     p.add_argument("--sweep-points", type=int, nargs="*", help="only these design points (0-based)")
     p.add_argument("--tiny", action="store_true",
                    help="the three variants as tiny trained models: sizes, latencies, parity per format")
+    p.add_argument("--trained", metavar="MODEL_KERAS",
+                   help="a trained model (config.yaml beside it): quantised exports against fp32 on held-out images")
+    p.add_argument("--images", type=int, default=50, help="--trained: held-out images")
     args = p.parse_args()
 
     import tensorflow as tf
@@ -329,6 +385,9 @@ def main():
         return
     if args.tiny:
         tiny_variants(args.repeats)
+        return
+    if args.trained:
+        trained_agreement(args.trained, args.quantize, args.images, repeats=args.repeats)
         return
     rows = []
     for name in args.configs:

@@ -76,7 +76,10 @@ class GroupNorm(layers.Layer):
     mobile preset's head time. Here each statistic is a spatial MEAN over axes (1, 2) (the
     global-pooling kernel every runtime optimises) followed by an average over each group's
     channels on the tiny (B, C) result; the variance is the two-pass one (of x minus its
-    group mean), as Keras's.
+    group mean), as Keras's. Its square is written ``centred * centred`` (the same float):
+    ``square(x - mean)`` becomes one SQUARED_DIFFERENCE op in TFLite, which has no int8
+    kernel in LiteRT's XNNPack delegate and took ~70% of the int8 head and mask-feature
+    time (``benchmarks/profile_tflite.py``); SUB + MUL run there in int8.
     """
 
     def __init__(self, groups=32, epsilon=1e-5, **kwargs):
@@ -100,7 +103,7 @@ class GroupNorm(layers.Layer):
     def call(self, x):
         x32 = ops.cast(x, "float32")
         centred = x32 - self._group_average(ops.mean(x32, axis=(1, 2)))
-        variance = self._group_average(ops.mean(ops.square(centred), axis=(1, 2)))
+        variance = self._group_average(ops.mean(centred * centred, axis=(1, 2)))
         scale = ops.rsqrt(variance + self.epsilon) * ops.cast(self.gamma, "float32")
         return ops.cast(centred * scale + ops.cast(self.beta, "float32"), self.compute_dtype)
 

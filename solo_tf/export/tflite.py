@@ -20,8 +20,14 @@ from solo_tf.export.calibration import calibration_canvases
 from solo_tf.export.files import check_choice, file_result, metadata, quiet, staged_file, write_pair
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
-# The model's layers that int8 quantizes fully (convert_tflite); the rest stays float.
-INT8_LAYERS = ("normalize", "backbone", "fpn")
+# int8: the scopes (Keras layers) that stay float; everything else of the network (the
+# normalisation, backbone, pyramid, heads and mask feature) is quantized, so the graph
+# crosses from int8 to float once, into the decoder. See convert_tflite.
+INT8_FLOAT_SCOPES = ("decoder",)
+# int8: op types kept float wherever they are: LiteRT's XNNPack delegate has no int8 kernel
+# for them and the builtin int8 one is ~10x its float kernel (MobileNetV3's HARD_SWISH: 20
+# ops, ~20 ms of a 448x448 mobile-preset invoke on 2 x86 cores, against ~1 ms in float).
+INT8_FLOAT_OPS = ("HARD_SWISH",)
 
 
 def write_tflite(model, out, options, quantize="none", calibration=None, overwrite=False):
@@ -46,7 +52,7 @@ def write_tflite(model, out, options, quantize="none", calibration=None, overwri
     with staged_file(dest, overwrite) as tmp:
         saved = tmp / "saved_model"
         write_canvas_saved_model(model, options, saved, batch=1)
-        data = convert_tflite(saved, quantize, calibration, options.input_dtype, int8_scopes=INT8_LAYERS)
+        data = convert_tflite(saved, quantize, calibration, options.input_dtype)
         ops = check_builtin_ops(data)
         meta["ops"] = sorted(set(ops))
         write_pair(dest, data, meta)
@@ -54,7 +60,7 @@ def write_tflite(model, out, options, quantize="none", calibration=None, overwri
 
 
 def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dtype="uint8",
-                   int8_scopes=INT8_LAYERS) -> bytes:
+                   float_scopes=INT8_FLOAT_SCOPES, float_ops=INT8_FLOAT_OPS) -> bytes:
     """SavedModel (``serving_default``) -> TFLite flatbuffer with builtin ops only.
 
     Args:
@@ -62,17 +68,23 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
             activations) | int8 (see below).
         calibration: int8 only: canvases (N, H, W, 3) 0-255.
         input_dtype: the graph's input dtype, for the calibration samples.
-        int8_scopes: int8 only: the Keras layers to quantize, as name scopes of the graph's
-            ops (a layer's name, or ``model/layer``).
+        float_scopes: int8 only: Keras layers kept in float, as name scopes of the graph's
+            ops (a layer's name, or ``model/layer``); every op computed from their outputs
+            stays float too.
+        float_ops: int8 only: TFLite op types kept in float wherever they are.
 
-    int8 quantizes the weights and activations of the ops under ``int8_scopes`` (the
-    normalisation, the backbone and the pyramid: nearly all of the weights and most of the
-    time), calibrated on ``calibration``, and keeps the heads and the decoder in float: the
-    decoder's scores, IoUs and Matrix NMS decay need more than 8 bits, the converter's int8
-    rewrite of its pad / maximum (local max) breaks the same-scale rule and fails, and with
-    int8 head convs on a MobileNetV3 backbone LiteRT 2.3's XNNPACK delegate aborts at the
-    first invoke (double free; the same file runs without the delegate). The mobile preset's
-    int8 file is 0.29x its fp32 file (0.30x with the pyramid in float).
+    int8 quantizes the weights and activations of every op upstream of ``float_scopes``
+    (the network: normalisation, backbone, pyramid, heads, mask feature), calibrated on
+    ``calibration``, and keeps the decoder in float: its scores, IoUs and Matrix NMS decay
+    need more than 8 bits, and the converter's int8 rewrite of its pad / maximum (local max)
+    breaks the same-scale rule and fails. The graph thus turns float once, where the raw
+    head outputs enter the decoder, apart from the ``float_ops`` islands
+    (:data:`INT8_FLOAT_OPS`). An int8 op that LiteRT's XNNPack delegate accepts but cannot
+    prepare is kept in float too (:func:`xnnpack_rejected_ops`): a convolution whose
+    calibrated output range is tiny next to its input's (requantization scale >= 256, e.g.
+    a head conv fed a feature sharing its int8 scale with the [-1, 1] coordinate channels)
+    failed there at the first invoke (``failed to create XNNPACK runtime``; earlier LiteRT
+    builds aborted with a double free), while the builtin kernels run it.
     """
     import tensorflow as tf
 
@@ -83,7 +95,7 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # then _float_where_xnnpack_declines
     elif quantize == "int8":
         samples = [np.asarray(c, np.float32) for c in calibration]
 
@@ -100,14 +112,9 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
     try:
         data = quiet(converter.convert)
         if quantize == "int8":
-            from tensorflow.lite.python import convert as tflite_convert
-
-            names = _op_output_names(data)
-            float_nodes = [n for n in names if not any(_in_scope(n, scope) for scope in int8_scopes)]
-            if len(float_nodes) == len(names):
-                raise ExportError(f"int8: no op under {', '.join(int8_scopes)} found in the graph")
-            data = quiet(tflite_convert.mlir_quantize, data, disable_per_channel=False, fully_quantize=False,
-                         denylisted_nodes=float_nodes)
+            data = _quantize_int8(data, float_scopes, float_ops)
+        elif quantize == "dynamic":
+            data = _float_where_xnnpack_declines(data)
         return data
     except ExportError:
         raise
@@ -115,19 +122,206 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
         raise ExportError(f"TFLite conversion with builtin ops only failed: {_converter_summary(e)}") from e
 
 
-def _op_output_names(data: bytes) -> list:
-    """Output tensor names of every op of a TFLite flatbuffer (fused names joined by ';')."""
+def _quantize_int8(calibrated: bytes, float_scopes, float_ops, attempts=3) -> bytes:
+    """The calibrated float flatbuffer -> int8 with the ops :func:`int8_float_nodes` names
+    left in float, and any int8 op XNNPack rejects (:func:`xnnpack_rejected_ops`) too."""
+    from tensorflow.lite.python import convert as tflite_convert
+
+    float_nodes = int8_float_nodes(calibrated, float_scopes, float_ops)
+    for _ in range(attempts):
+        data = quiet(tflite_convert.mlir_quantize, calibrated, disable_per_channel=False, fully_quantize=False,
+                     denylisted_nodes=sorted(float_nodes))
+        rejected = set(xnnpack_rejected_ops(data)) - float_nodes
+        if not rejected:
+            return data
+        float_nodes |= rejected
+    raise ExportError(f"int8: LiteRT's XNNPack delegate still rejects {', '.join(sorted(rejected))}")
+
+
+def _float_where_xnnpack_declines(data: bytes) -> bytes:
+    """A dynamic-range flatbuffer with the int8 weights of every op that LiteRT's XNNPack
+    delegate does not run with int8 weights turned back into float32 (their exact
+    dequantized values), so XNNPack runs it in float instead of the builtin hybrid kernel:
+    DEPTHWISE_CONV_2D in LiteRT 2.3 (12 of MobileNetV3's 15 depthwise convs, ~13 ms of the
+    mobile preset's dynamic invoke against ~1 ms in float). Each op is tried as a one-op
+    model; the file grows by those weights only (small for depthwise convs)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    graph = model.subgraphs[0]
+    int8, float32 = schema.TensorType.INT8, schema.TensorType.FLOAT32
+
+    def constant(t):
+        buf = model.buffers[graph.tensors[t].buffer]
+        return buf.data is not None and len(buf.data) > 0
+
+    changed = False
+    for i, op in enumerate(graph.operators):
+        weights = [t for t in op.inputs if t >= 0 and graph.tensors[t].type == int8 and constant(t)]
+        if not weights or not any(t >= 0 and graph.tensors[t].type == float32 for t in op.outputs):
+            continue
+        interp = Interpreter(model_content=subgraph_model(model, [i]), num_threads=1)
+        interp.allocate_tensors()
+        if any(d["op_name"] == "DELEGATE" for d in interp._get_ops_details()):
+            continue
+        for t in weights:
+            tensor = graph.tensors[t]
+            q = tensor.quantization
+            values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
+            scale = np.asarray(q.scale, np.float32)
+            zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], np.float32)
+            shape = [1] * values.ndim
+            if scale.size > 1:
+                shape[q.quantizedDimension] = scale.size
+            real = ((values.astype(np.float32) - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(real.tobytes(), np.uint8)
+            model.buffers.append(buffer)
+            tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, float32, None
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else data
+
+
+def _graph_ops(data: bytes):
+    """Subgraph 0 of a flatbuffer: one (op type, input tensor ids, output tensor ids, output
+    tensor names, input tensor shapes) per op, in execution order (the quantizer knows an op
+    by its outputs' names)."""
     from ai_edge_litert import schema_py_generated as schema
 
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAs(data, 0)
-    names = []
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            for j in range(op.OutputsLength()):
-                names.append(graph.Tensors(op.Outputs(j)).Name().decode())
-    return names
+    graph = model.Subgraphs(0)
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        kind = names.get(max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode())), "?")
+        ins = [int(t) for t in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(t) for t in op.OutputsAsNumpy()] if op.OutputsLength() else []
+        shapes = [tuple(int(v) for v in graph.Tensors(t).ShapeAsNumpy()) if t >= 0 and graph.Tensors(t).ShapeLength()
+                  else () for t in ins]
+        out.append((kind, ins, outs, [graph.Tensors(t).Name().decode() for t in outs], shapes))
+    return out
+
+
+def int8_float_nodes(data: bytes, float_scopes=INT8_FLOAT_SCOPES, float_ops=INT8_FLOAT_OPS) -> set:
+    """Names (outputs) of the ops of a calibrated float flatbuffer that int8 keeps in
+    float: the ops under ``float_scopes``, every op computed from their outputs, the ops of
+    types ``float_ops``, and the stem: the first convolution when it reads the 3 image
+    channels, with everything it is computed from (the input cast and normalisation).
+
+    An int8 stem is slower than a float one with LiteRT's XNNPack on x86 (MobileNetV3's
+    3x3/2 conv on 448x448: 1.2 against 0.4 ms; ResNet-18's 7x7/2: no faster), and float
+    there keeps the image at full precision; its output is quantized once.
+
+    Raises:
+        ExportError: nothing would be quantized (no op upstream of ``float_scopes``)."""
+    ops = _graph_ops(data)
+    downstream, floats = set(), set()
+    stem = next((i for i, op in enumerate(ops) if op[0] == "CONV_2D"), None)
+    if stem is not None and len(ops[stem][4]) > 1 and ops[stem][4][1][-1:] in ((1,), (3,), (4,)):
+        needed = set(ops[stem][1])
+        for i in range(stem, -1, -1):
+            kind, ins, outs, names, _ = ops[i]
+            if i == stem or needed & set(outs):
+                needed.update(ins)
+                floats.update(names)
+    kept = 0
+    for kind, ins, outs, names, _ in ops:
+        after_float = any(t in downstream for t in ins)
+        if after_float or any(_in_scope(n, scope) for n in names for scope in float_scopes):
+            downstream.update(outs)
+            floats.update(names)
+        elif kind in float_ops or floats.issuperset(names):
+            floats.update(names)
+        else:
+            kept += 1
+    if not kept:
+        raise ExportError(f"int8: every op lies under or after {', '.join(float_scopes)}: nothing to quantize")
+    return floats
+
+
+def xnnpack_rejected_ops(data: bytes) -> list:
+    """Names (outputs) of the int8 ops of a flatbuffer that LiteRT's XNNPack delegate
+    takes but fails to prepare, each tried as a one-op model (``failed to create XNNPACK
+    runtime``: XNNPack's own limits on quantization parameters, e.g. a convolution's
+    input scale x weight scale / output scale must stay below 256)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    graph = model.subgraphs[0]
+    int8 = 9  # TensorType.INT8
+    rejected = []
+    for i, op in enumerate(graph.operators):
+        if not any(t >= 0 and graph.tensors[t].type == int8 for t in list(op.inputs) + list(op.outputs)):
+            continue
+        try:
+            Interpreter(model_content=subgraph_model(model, [i]), num_threads=1).allocate_tensors()
+        except (RuntimeError, ValueError):
+            rejected += [graph.tensors[t].name.decode() for t in op.outputs if t >= 0]
+    return rejected
+
+
+def subgraph_model(model, op_indices) -> bytes:
+    """A flatbuffer of some ops of subgraph 0 of ``model`` (a ``ModelT``) alone: its inputs
+    are the non-constant tensors they read and do not write, its outputs what they write
+    that other ops (or the graph's outputs) read. Tensors and buffers are compacted,
+    signatures dropped. For op-level checks and profiling (benchmarks/profile_tflite.py)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = model.subgraphs[0]
+    chosen = [graph.operators[i] for i in sorted(op_indices)]
+    chosen_ids = {id(op) for op in chosen}
+    produced = {t for op in chosen for t in op.outputs if t >= 0}
+
+    def constant(t):
+        buf = model.buffers[graph.tensors[t].buffer]
+        return buf.data is not None and len(buf.data) > 0
+
+    reads = [t for op in chosen for t in op.inputs if t >= 0]
+    inputs = list(dict.fromkeys(t for t in reads if t not in produced and not constant(t)))
+    read_elsewhere = {t for op in graph.operators if id(op) not in chosen_ids for t in op.inputs if t >= 0}
+    read_elsewhere |= {int(t) for t in graph.outputs}
+    outputs = [t for op in chosen for t in op.outputs if t >= 0 and t in read_elsewhere] or [chosen[-1].outputs[0]]
+
+    new = schema.ModelT()
+    new.version, new.operatorCodes, new.description = model.version, model.operatorCodes, model.description
+    new.buffers = [schema.BufferT()]
+    sub = schema.SubGraphT()
+    sub.tensors, sub.operators, sub.name = [], [], graph.name
+    tensor_map, buffer_map = {}, {0: 0}
+
+    def remap(t):
+        if t < 0:
+            return t
+        if t not in tensor_map:
+            src = graph.tensors[t]
+            copy = schema.TensorT()
+            copy.__dict__.update(src.__dict__)
+            if src.buffer not in buffer_map:
+                buffer_map[src.buffer] = len(new.buffers)
+                new.buffers.append(model.buffers[src.buffer])
+            copy.buffer = buffer_map[src.buffer]
+            tensor_map[t] = len(sub.tensors)
+            sub.tensors.append(copy)
+        return tensor_map[t]
+
+    for op in chosen:
+        copy = schema.OperatorT()
+        copy.__dict__.update(op.__dict__)
+        copy.inputs = [remap(t) for t in op.inputs]
+        copy.outputs = [remap(t) for t in op.outputs]
+        if op.intermediates is not None:
+            copy.intermediates = [remap(t) for t in op.intermediates]
+        sub.operators.append(copy)
+    sub.inputs = [remap(t) for t in inputs]
+    sub.outputs = [remap(t) for t in outputs]
+    new.subgraphs, new.signatureDefs, new.metadata, new.metadataBuffer = [sub], [], [], []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(new))
 
 
 def _in_scope(name, scope):
