@@ -52,7 +52,10 @@ def write_tflite(model, out, options, quantize="none", calibration=None, overwri
     with staged_file(dest, overwrite) as tmp:
         saved = tmp / "saved_model"
         write_canvas_saved_model(model, options, saved, batch=1)
-        data = convert_tflite(saved, quantize, calibration, options.input_dtype)
+        notes = {}
+        data = convert_tflite(saved, quantize, calibration, options.input_dtype, notes=notes)
+        if quantize == "int8":
+            meta["int8_kept_float"] = notes["xnnpack_rejected"]
         ops = check_builtin_ops(data)
         meta["ops"] = sorted(set(ops))
         write_pair(dest, data, meta)
@@ -60,7 +63,7 @@ def write_tflite(model, out, options, quantize="none", calibration=None, overwri
 
 
 def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dtype="uint8",
-                   float_scopes=INT8_FLOAT_SCOPES, float_ops=INT8_FLOAT_OPS) -> bytes:
+                   float_scopes=INT8_FLOAT_SCOPES, float_ops=INT8_FLOAT_OPS, notes=None) -> bytes:
     """SavedModel (``serving_default``) -> TFLite flatbuffer with builtin ops only.
 
     Args:
@@ -72,6 +75,8 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
             ops (a layer's name, or ``model/layer``); every op computed from their outputs
             stays float too.
         float_ops: int8 only: TFLite op types kept in float wherever they are.
+        notes: a dict to fill, int8 only: ``xnnpack_rejected``, the names of the ops kept in
+            float because XNNPack could not prepare them in int8.
 
     int8 quantizes the weights and activations of every op upstream of ``float_scopes``
     (the network: normalisation, backbone, pyramid, heads, mask feature), calibrated on
@@ -112,7 +117,9 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
     try:
         data = quiet(converter.convert)
         if quantize == "int8":
-            data = _quantize_int8(data, float_scopes, float_ops)
+            data, rejected = _quantize_int8(data, float_scopes, float_ops)
+            if notes is not None:
+                notes["xnnpack_rejected"] = rejected
         elif quantize == "dynamic":
             data = _float_where_xnnpack_declines(data)
         return data
@@ -122,20 +129,73 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
         raise ExportError(f"TFLite conversion with builtin ops only failed: {_converter_summary(e)}") from e
 
 
-def _quantize_int8(calibrated: bytes, float_scopes, float_ops, attempts=3) -> bytes:
-    """The calibrated float flatbuffer -> int8 with the ops :func:`int8_float_nodes` names
-    left in float, and any int8 op XNNPack rejects (:func:`xnnpack_rejected_ops`) too."""
+def _quantize_int8(calibrated: bytes, float_scopes, float_ops, attempts=3):
+    """The calibrated float flatbuffer -> (int8 flatbuffer, names of the ops XNNPack
+    rejected in int8): the ops :func:`int8_float_nodes` names are left in float, and any
+    int8 op XNNPack rejects (:func:`xnnpack_rejected_ops`) too."""
     from tensorflow.lite.python import convert as tflite_convert
 
     float_nodes = int8_float_nodes(calibrated, float_scopes, float_ops)
+    ops = _graph_ops(calibrated)
+    # The quantizer quantizes some denylisted nodes anyway (the decoder's TOPK_V2 follows the
+    # scale of its input): op types found only among the float nodes are denylisted by type.
+    quantized_types = {op[0] for op in ops if not set(op[3]) <= float_nodes}
+    float_types = sorted({op[0] for op in ops if set(op[3]) <= float_nodes} - quantized_types)
+    kept = set()
     for _ in range(attempts):
         data = quiet(tflite_convert.mlir_quantize, calibrated, disable_per_channel=False, fully_quantize=False,
-                     denylisted_nodes=sorted(float_nodes))
+                     denylisted_nodes=sorted(float_nodes), denylisted_ops=float_types)
+        data = _drop_float_round_trips(data)
         rejected = set(xnnpack_rejected_ops(data)) - float_nodes
         if not rejected:
-            return data
+            return data, sorted(kept)
         float_nodes |= rejected
+        kept |= rejected
     raise ExportError(f"int8: LiteRT's XNNPack delegate still rejects {', '.join(sorted(rejected))}")
+
+
+def _drop_float_round_trips(data: bytes) -> bytes:
+    """Remove QUANTIZE (-> QUANTIZE ...) -> DEQUANTIZE chains that take a float tensor to
+    int8 and straight back: the quantizer leaves such round trips in the float decoder
+    (on its first category sigmoid, rounding the scores to 1/256 before the top-k that
+    picks the candidates, and on a product of the maskness). Their readers read the float
+    tensor itself."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    graph = model.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    quantize, dequantize = schema.BuiltinOperator.QUANTIZE, schema.BuiltinOperator.DEQUANTIZE
+    producer = {t: op for op in graph.operators for t in op.outputs}
+    readers = {}
+    for op in graph.operators:
+        for t in op.inputs:
+            readers.setdefault(t, []).append(op)
+    replace, chains = {}, []
+    for op in graph.operators:
+        if codes[op.opcodeIndex] != dequantize:
+            continue
+        chain, q = [op], producer.get(op.inputs[0])
+        while q is not None and codes[q.opcodeIndex] == quantize:
+            chain.append(q)
+            if graph.tensors[q.inputs[0]].type == schema.TensorType.FLOAT32:
+                replace[op.outputs[0]] = q.inputs[0]
+                chains.append(chain)
+                break
+            q = producer.get(q.inputs[0])
+    if not replace or any(t in replace for t in graph.outputs):
+        return data
+    dropped = set()
+    for chain in chains:  # a quantize goes when every reader of its output goes too
+        dropped.add(id(chain[0]))
+        for q in chain[1:]:
+            if all(id(r) in dropped for r in readers.get(q.outputs[0], [])):
+                dropped.add(id(q))
+    graph.operators = [op for op in graph.operators if id(op) not in dropped]
+    for op in graph.operators:
+        op.inputs = [replace.get(t, t) for t in op.inputs]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _float_where_xnnpack_declines(data: bytes) -> bytes:
