@@ -1,22 +1,27 @@
-"""Exported-model size and latency: where the end-to-end time goes (backbone, FPN + heads,
-decoder), per preset and quantisation, in LiteRT (2 threads), ONNX Runtime and SavedModel.
+"""Exported-model size and latency per preset, format and quantisation, side by side in one
+run: LiteRT (2 threads), ONNX Runtime (2 threads, spinning off, one session at a time) and
+SavedModel, and where the time goes.
 
-Untrained weights (the graphs have static shapes: the decoder does the same work whatever
-the scores). Batch 1 on the preset's canvas, ``--repeats`` invokes after warm-up; each
-time is printed as ``wall / cpu`` ms: the fastest wall time, and the median CPU time of the
-process per invoke (all threads). The load average is printed first: on a loaded shared
-machine wall times stretch with the load, CPU times much less.
+Untrained weights from one seed (the graphs have static shapes: the decoder does the same
+work whatever the scores). Batch 1 on the preset's canvas or another (``name@HxW``). Every
+file is exported first, then all are invoked in turn, one invoke each per round, ``--rounds``
+times, so that the load of a shared machine falls on all of them; printed: the fastest and the
+median wall ms, the median CPU ms of the process (all threads), and the median against LiteRT
+fp32. The load average is printed with each table.
 
-    python benchmarks/bench_export.py                                   # the mobile presets
-    python benchmarks/bench_export.py --configs solov2_light_mnv3l_448 --quantize none int8
+    python benchmarks/bench_export.py                                   # the mobile preset
+    python benchmarks/bench_export.py --configs solov2_light_r18@448x768 solov2_light_r50@448x768
+    python benchmarks/bench_export.py --ref c2efd02 --profile           # before / after, op groups
     python benchmarks/bench_export.py --sweep                           # head / decoder design points
     python benchmarks/bench_export.py --tiny                            # per variant: formats, parity
     python benchmarks/bench_export.py --trained solo_demo/model.keras     # quantised vs fp32 masks
 
-Rows: ``backbone`` (normalisation + backbone alone, converted the same way), ``network``
-(+ FPN and heads: the raw-outputs export), ``full`` (+ the in-graph decoder with Matrix NMS:
-what ``solo-tf export`` writes). ``--sweep`` measures the design points the mobile preset was
-chosen from (fp32 full graph, LiteRT only).
+``--ref COMMIT`` exports the same model with that commit's code too (a temporary git
+worktree) and times its files beside this tree's. ``--profile`` adds each op group's time
+(backbone, fpn, heads, mask_feature, decoder, q/dq) in the LiteRT fp32 and int8 files, as
+the sum of their ops timed one by one (benchmarks/profile_tflite.py), with the pyramid's P2
+3x3 conv alone. ``--sweep`` measures the design points the mobile preset was chosen from
+(fp32 full graph, LiteRT only).
 """
 
 from __future__ import annotations
@@ -152,43 +157,173 @@ def build(name, overrides=None):
     return SOLO(model_cfg, postprocess_config=post), post
 
 
-def measure_config(name, quantizations, repeats, formats):
-    from solo_tf.export import ExportOptions, export_model
-    from solo_tf.export.tflite import write_tflite
+# Exports one config's files with whichever solo_tf is first on sys.path (this tree, or an
+# earlier commit's worktree for --ref); prints a JSON line {file: path}. The weights come from
+# one seed, so both trees export the same network.
+EXPORT_DRIVER = r"""
+import dataclasses, json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+root, name, canvas, out, quants, formats = sys.argv[1:7]
+sys.path.insert(0, root)
+import keras
+import numpy as np
+from solo_tf.config import load_config
+from solo_tf.export import export_model
+from solo_tf.model import SOLO
+canvas = None if canvas == "-" else tuple(int(v) for v in canvas.split("x"))
+cfg = load_config(name)
+# score_thr 0 keeps every candidate valid: the static graph costs the same either way, but the
+# ONNX / SavedModel timings then include real Matrix NMS work too
+post = dataclasses.replace(cfg.postprocess, score_thr=0.0, update_thr=0.0)
+keras.utils.set_random_seed(0)
+model = SOLO(cfg.model, postprocess_config=post)
+h, w = canvas or model.model_config.image_size
+calibration = list(np.random.RandomState(1).randint(0, 255, (8, h, w, 3)).astype(np.uint8))
+files = {}
+for q in quants.split(","):
+    r = export_model(model, "tflite", os.path.join(out, f"{q}.tflite"), quantize=q, image_size=canvas,
+                     calibration=calibration, postprocess=post)
+    files["litert " + ("fp32" if q == "none" else q)] = str(r.path)
+for f in formats.split(","):
+    if f == "onnx":
+        files["ort fp32"] = str(export_model(model, "onnx", os.path.join(out, "m.onnx"), image_size=canvas,
+                                             postprocess=post).path)
+    elif f == "saved_model":
+        files["savedmodel fp32"] = str(export_model(model, "saved_model", os.path.join(out, "sm"), image_size=canvas,
+                                                    postprocess=post).path)
+print("FILES " + json.dumps({"files": files, "canvas": [int(h), int(w)]}))
+"""
 
-    model, post = build(name)
-    h, w = model.model_config.image_size
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        data = backbone_tflite(model, work)
-        rows.append((name, "backbone", "fp32", len(data), litert_ms(data, repeats), None, None))
-        net = write_tflite(model, work / "network.tflite", ExportOptions(post, raw_outputs=True))
-        rows.append((name, "network", "fp32", net.size_bytes, litert_ms(net.path.read_bytes(), repeats), None, None))
-        calibration = np.random.RandomState(1).randint(0, 255, (8, h, w, 3)).astype(np.float32)
-        for q in quantizations:
-            full = write_tflite(model, work / f"full_{q}.tflite", ExportOptions(post), quantize=q,
-                                calibration=calibration if q == "int8" else None)
-            onnx = sm = None
-            if q == "none" and "onnx" in formats:
-                onnx = onnx_ms(export_model(model, "onnx", work / "m.onnx", postprocess=post).path, repeats)
-            if q == "none" and "saved_model" in formats:
-                sm = saved_model_ms(export_model(model, "saved_model", work / "sm", postprocess=post).path,
-                                    (h, w), repeats)
-            rows.append((name, "full", "fp32" if q == "none" else q, full.size_bytes,
-                         litert_ms(full.path.read_bytes(), repeats), onnx, sm))
+
+def export_files(root, name, canvas, out, quantizations, formats):
+    """Run :data:`EXPORT_DRIVER` for the tree at ``root`` in a fresh process."""
+    import json
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-c", EXPORT_DRIVER, str(root), name, "-" if canvas is None else f"{canvas[0]}x{canvas[1]}",
+            str(out), ",".join(quantizations), ",".join(formats) or "-"]
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FILES ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"export for {name} in {root} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("FILES "):])
+
+
+class Runner:
+    """One exported file, ready to invoke on a fixed uint8 canvas: LiteRT (2 threads), ONNX
+    Runtime (2 threads, spinning off; its session exists only while it is being timed, so
+    one session at a time) or a SavedModel's serving_default."""
+
+    def __init__(self, label, path, canvas):
+        self.label, self.path, self.canvas = label, Path(path), canvas
+        self.size = sum(f.stat().st_size for f in self.path.rglob("*")) if self.path.is_dir() else self.path.stat().st_size
+        self.x = np.random.RandomState(0).randint(0, 255, (1, *canvas, 3)).astype(np.uint8)
+        self.walls, self.cpus, self._run = [], [], None
+        if label.startswith("litert"):
+            from ai_edge_litert.interpreter import Interpreter
+
+            runner = Interpreter(model_path=str(path), num_threads=THREADS).get_signature_runner()
+            self._run = lambda: runner(images=self.x)
+        elif label.startswith("savedmodel"):
+            import tensorflow as tf
+
+            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+            x = tf.constant(self.x)
+            self._run = lambda: serve(images=x)
+
+    def time(self, invokes=1):
+        run, sess = self._run, None
+        if run is None:  # ONNX Runtime
+            import onnxruntime as ort
+
+            from profile_onnx import session_options
+
+            sess = ort.InferenceSession(str(self.path), session_options(), providers=["CPUExecutionProvider"])
+            run = lambda: sess.run(None, {"images": self.x})  # noqa: E731
+        run()
+        for _ in range(invokes):
+            start, cpu = time.perf_counter(), time.process_time()
+            run()
+            self.walls.append((time.perf_counter() - start) * 1000)
+            self.cpus.append((time.process_time() - cpu) * 1000)
+        del sess
+
+    def summary(self):
+        return min(self.walls), float(np.median(self.walls)), float(np.median(self.cpus))
+
+
+def side_by_side(runners, rounds):
+    """Every file once per round, in turn, ``rounds`` times: the machine's drift falls on all."""
+    for r in runners:
+        r.time(1)  # warm-up
+        r.walls, r.cpus = [], []
+    for _ in range(rounds):
+        for r in runners:
+            r.time(1)
+
+
+def breakdown(files):
+    """Per op group ms (LiteRT sum of one-op models: benchmarks/profile_tflite.py), fp32 and
+    int8, with the pyramid's P2 3x3 conv alone."""
+    from profile_tflite import GROUPS, profile
+
+    rows = {}
+    for label in ("litert fp32", "litert int8"):
+        if label not in files:
+            continue
+        result = profile(Path(files[label]).read_bytes(), repeats=3)
+        sums = {g: 0.0 for g in GROUPS}
+        p2 = 0.0
+        for ms, _, _, g, name in result["ops"]:
+            sums[g] += ms
+            p2 += ms if "fpn" in name and "output_P2" in name else 0.0
+        rows[label] = (result["total"], sums, p2)
     return rows
 
 
-def print_rows(rows):
-    def fmt(v):
-        return "-" if v is None else f"{v}"
+def measure(configs, quantizations, formats, rounds, ref=None, profile=False):
+    """Export each config (this tree, and ``ref``'s code when given), then time every file
+    side by side; print one table per config, and the per-group breakdown with ``profile``."""
+    import shutil
+    import subprocess
 
-    print(f"{'config':<32} {'graph':<9} {'quant':<7} {'MB':>6} {'LiteRT wall/cpu':>17} {'ORT wall/cpu':>15} "
-          f"{'SavedModel wall/cpu':>20}")
-    for name, graph, q, size, lite, onnx, sm in rows:
-        print(f"{name:<32} {graph:<9} {q:<7} {size / 1e6:>6.1f} {fmt(lite):>17} {fmt(onnx):>15} {fmt(sm):>20}",
-              flush=True)
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
+    ref_root = None
+    try:
+        if ref:
+            ref_root = tmp / "ref_tree"
+            subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(ref_root), ref], check=True,
+                           capture_output=True)
+        for spec in configs:
+            name, _, size = spec.partition("@")
+            canvas = tuple(int(v) for v in size.split("x")) if size else None
+            trees = [("after", root)] + ([("before", ref_root)] if ref_root else [])
+            runners, canvas_hw = [], None
+            for tag, tree in trees:
+                got = export_files(tree, name, canvas, tmp / name / tag, quantizations, formats)
+                canvas_hw = tuple(got["canvas"])
+                for label, path in got["files"].items():
+                    runners.append(Runner(f"{label} ({tag})" if ref_root else label, path, canvas_hw))
+            side_by_side(runners, rounds)
+            base = next(r for r in runners if r.label.startswith("litert fp32")).summary()[1]
+            print(f"\n{name} at {canvas_hw[0]}x{canvas_hw[1]}, batch 1, {rounds} rounds side by side, "
+                  f"load1 {os.getloadavg()[0]:.1f}")
+            print(f"{'runtime / quant':<28} {'MB':>7} {'wall min':>9} {'median':>8} {'cpu':>8} {'vs LiteRT fp32':>15}")
+            for r in runners:
+                lo, med, cpu = r.summary()
+                print(f"{r.label:<28} {r.size / 1e6:>7.1f} {lo:>9.1f} {med:>8.1f} {cpu:>8.1f} {med / base:>15.2f}",
+                      flush=True)
+            if profile:
+                files = {r.label.split(" (")[0]: r.path for r in runners if not r.label.endswith("(before)")}
+                for label, (total, sums, p2) in breakdown(files).items():
+                    parts = ", ".join(f"{g} {v:.1f}" for g, v in sums.items() if v >= 0.05)
+                    print(f"  {label} op groups (sum of one-op models, ms): {parts}; FPN P2 3x3 conv {p2:.1f}")
+    finally:
+        if ref_root is not None:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(ref_root)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sweep(base, repeats, points=None):
@@ -360,10 +495,16 @@ def trained_agreement(model_path, quantizations, images=50, calibration=100, rep
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="*", default=["solov2_mobile_mnv3l_448", "decoupled_solo_light_mnv3l_448"])
+    p.add_argument("--configs", nargs="*", default=["solov2_mobile_mnv3l_448"],
+                   help="presets, each with an optional canvas: solov2_light_r18@448x768")
     p.add_argument("--quantize", nargs="*", default=["none", "fp16", "dynamic", "int8"])
     p.add_argument("--formats", nargs="*", default=["onnx", "saved_model"], help="also time these (fp32)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=20, help="side-by-side rounds (one invoke of every file each)")
+    p.add_argument("--ref", help="also export with this commit's code (a temporary git worktree) and time "
+                                 "its files beside this tree's: before / after in one run")
+    p.add_argument("--profile", action="store_true",
+                   help="per op group breakdown of the LiteRT fp32 and int8 files (benchmarks/profile_tflite.py)")
+    p.add_argument("--repeats", type=int, default=10, help="--sweep / --tiny / --trained: invokes per file")
     p.add_argument("--sweep", action="store_true", help="time the mobile head's design points")
     p.add_argument("--sweep-base", default="solov2_light_mnv3l_448")
     p.add_argument("--sweep-points", type=int, nargs="*", help="only these design points (0-based)")
@@ -389,10 +530,7 @@ def main():
     if args.trained:
         trained_agreement(args.trained, args.quantize, args.images, repeats=args.repeats)
         return
-    rows = []
-    for name in args.configs:
-        rows += measure_config(name, args.quantize, args.repeats, args.formats)
-    print_rows(rows)
+    measure(args.configs, args.quantize, args.formats, args.rounds, ref=args.ref, profile=args.profile)
 
 
 if __name__ == "__main__":
