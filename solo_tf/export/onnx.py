@@ -78,6 +78,7 @@ def optimize_for_ort(proto):
         proto = _ort_basic(proto, ort)
     _global_pools(proto)
     _transpose_input_first(proto)
+    _fold_transposed_reshapes(proto)
     _drop_unused_initializers(proto)
     return proto
 
@@ -207,6 +208,58 @@ def _global_pools(proto):
     del graph.node[:]
     graph.node.extend(nodes)
     return count
+
+
+def _fold_transposed_reshapes(proto):
+    """Transpose -> Reshape -> Transpose chains that move no element (their composition is
+    a reshape) -> one Reshape. The decoder pools its masks as channels, (B, n, h*w) ->
+    (B, h, w, n), the layout LiteRT pools fastest; in ONNX's NCHW that is the (B, n, h, w)
+    it started from, and the two transposes moved 500 x 112 x 192 floats for nothing in the
+    light models (~15 ms in ORT). Batch axis kept in place and dynamic; the other axes
+    static. Returns the number folded."""
+    import numpy as np
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = proto.graph
+    inferred = shape_inference.infer_shapes(proto).graph
+    shapes = {}
+    for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    consts, producer, consumers = _graph_index(graph)
+
+    def perm(n):
+        return [list(a.ints) for a in n.attribute if a.name == "perm"][0]
+
+    folded, removed, replaced = 0, set(), {}
+    for last in graph.node:
+        if last.op_type != "Transpose":
+            continue
+        mid = producer.get(last.input[0])
+        first = producer.get(mid.input[0]) if mid is not None and mid.op_type == "Reshape" else None
+        if first is None or first.op_type != "Transpose" or mid.input[1] not in consts:
+            continue
+        if len(consumers.get(first.output[0], ())) != 1 or len(consumers.get(mid.output[0], ())) != 1:
+            continue
+        src = shapes.get(first.input[0])
+        target = [int(v) for v in consts[mid.input[1]]]
+        p1, p2 = perm(first), perm(last)
+        if not src or None in src[1:] or p1[0] != 0 or p2[0] != 0 or target[0] not in (0, -1) or min(target[1:]) <= 0:
+            continue
+        probe = np.arange(int(np.prod(src[1:]))).reshape([1, *src[1:]])
+        out = np.transpose(np.transpose(probe, p1).reshape([1, *target[1:]]), p2)
+        if not np.array_equal(out.reshape(-1), probe.reshape(-1)):
+            continue
+        name = last.name + "/folded_shape"
+        graph.initializer.append(numpy_helper.from_array(np.asarray([0, *out.shape[1:]], np.int64), name))
+        replaced[id(last)] = helper.make_node("Reshape", [first.input[0], name], [last.output[0]],
+                                              name=last.name + "/folded")
+        removed.update((id(first), id(mid)))
+        folded += 1
+    nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return folded
 
 
 def _drop_unused_initializers(proto):

@@ -20,9 +20,9 @@ from solo_tf.export.calibration import calibration_canvases
 from solo_tf.export.files import check_choice, file_result, metadata, quiet, staged_file, write_pair
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
-# int8: the scopes (Keras layers) that stay float; everything else of the network (the
-# normalisation, backbone, pyramid, heads and mask feature) is quantized, so the graph
-# crosses from int8 to float once, into the decoder. See convert_tflite.
+# int8: the scopes (Keras layers) that stay float, with everything computed from them; the
+# network before them (backbone after its stem, pyramid, heads, mask feature) is quantized,
+# so the graph turns float once, into the decoder. See convert_tflite and int8_float_nodes.
 INT8_FLOAT_SCOPES = ("decoder",)
 # int8: op types kept float wherever they are: LiteRT's XNNPack delegate has no int8 kernel
 # for them and the builtin int8 one is ~10x its float kernel (MobileNetV3's HARD_SWISH: 20
@@ -79,12 +79,14 @@ def convert_tflite(saved_model_dir, quantize="none", calibration=None, input_dty
             float because XNNPack could not prepare them in int8.
 
     int8 quantizes the weights and activations of every op upstream of ``float_scopes``
-    (the network: normalisation, backbone, pyramid, heads, mask feature), calibrated on
-    ``calibration``, and keeps the decoder in float: its scores, IoUs and Matrix NMS decay
-    need more than 8 bits, and the converter's int8 rewrite of its pad / maximum (local max)
-    breaks the same-scale rule and fails. The graph thus turns float once, where the raw
-    head outputs enter the decoder, apart from the ``float_ops`` islands
-    (:data:`INT8_FLOAT_OPS`). An int8 op that LiteRT's XNNPack delegate accepts but cannot
+    (the network: backbone, pyramid, heads, mask feature; the stem and the normalisation
+    before it stay float, :func:`int8_float_nodes`), calibrated on ``calibration``, and keeps
+    the decoder in float: its scores, IoUs and Matrix NMS decay need more than 8 bits, and
+    the converter's int8 rewrite of its pad / maximum (local max) breaks the same-scale rule
+    and fails. The graph thus turns float once, where the raw head outputs enter the
+    decoder, apart from the ``float_ops`` islands (:data:`INT8_FLOAT_OPS`); float round
+    trips the quantizer leaves in the decoder are removed (:func:`_drop_float_round_trips`).
+    An int8 op that LiteRT's XNNPack delegate accepts but cannot
     prepare is kept in float too (:func:`xnnpack_rejected_ops`): a convolution whose
     calibrated output range is tiny next to its input's (requantization scale >= 256, e.g.
     a head conv fed a feature sharing its int8 scale with the [-1, 1] coordinate channels)
