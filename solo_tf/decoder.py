@@ -116,8 +116,7 @@ def decode(outputs, model_config, post_config, full_size_masks=True):
     # runs, where its builtin GREATER / CAST kernels and the soft * binary product took 18
     # of the light models' ~90 ms decoder (500 masks of 112 x 192) on 2 x86 cores.
     thr = float(post_config.mask_thr)
-    excess = ops.relu(soft - thr)
-    binary = ops.ceil(excess)
+    binary, excess = binarize(soft, thr)
     area = ops.sum(binary, axis=2)  # (B, n)
     cell_stride = np.concatenate([np.full(s * s, st, np.float32) for s, st in zip(num_grids, strides)])
     stride = ops.take(ops.convert_to_tensor(cell_stride), cells)  # (B, n)
@@ -169,6 +168,15 @@ def decode(outputs, model_config, post_config, full_size_masks=True):
         "detection_boxes": boxes,
         "num_detections": nms["num"],
     }
+
+
+def binarize(soft, thr):
+    """(soft > thr as 0/1 float32, relu(soft - thr)) for probabilities ``soft``, as
+    ``ceil(relu(soft - thr))``: equal to the comparison for every float (a difference of two
+    distinct floats is never 0, and the excess is at most 1), in elementwise ops LiteRT's
+    XNNPack delegate runs (see :func:`decode`)."""
+    excess = ops.relu(soft - float(thr))
+    return ops.ceil(excess), excess
 
 
 def masks_to_boxes(masks):

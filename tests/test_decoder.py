@@ -11,7 +11,7 @@ from keras import ops
 
 from conftest import REPO, tiny_model_config
 from solo_tf.config import PostprocessConfig
-from solo_tf.decoder import decode, masks_to_boxes, points_nms, postprocess_image, resize_bilinear
+from solo_tf.decoder import binarize, decode, masks_to_boxes, points_nms, postprocess_image, resize_bilinear
 
 H = W = 64
 NEG = -12.0
@@ -326,3 +326,13 @@ def test_resize_bilinear_matches_keras_resize():
         ops.image.resize(np.transpose(x, (1, 2, 0)), (13, 9), interpolation="bilinear", antialias=False)
     )
     np.testing.assert_allclose(got, np.transpose(ref, (2, 0, 1)), atol=1e-5)
+
+
+def test_binarize_equals_the_comparison_at_the_threshold_and_around_it():
+    for thr in (0.5, 0.3, 0.45):
+        t = np.float32(thr)
+        soft = np.array([0.0, np.nextafter(t, np.float32(0)), t, np.nextafter(t, np.float32(1)), 0.7, 1.0,
+                         np.float32(1e-30), np.float32(1) - np.float32(2 ** -24)], np.float32)
+        binary, excess = (np.asarray(v) for v in binarize(soft, thr))
+        np.testing.assert_array_equal(binary, (soft > t).astype(np.float32))
+        np.testing.assert_allclose(excess, np.maximum(soft - t, 0), rtol=0, atol=0)
