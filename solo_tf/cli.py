@@ -206,7 +206,7 @@ def _cmd_evaluate(args):
     metrics = tasks.evaluate(
         run.model, run.config, data=args.data, images=args.images, postprocess=run.postprocess,
         metrics_path=out / "metrics.json", results_path=out / "results.json", max_batches=args.max_batches,
-        plots_dir=out, pictures=args.pictures,
+        plots_dir=out, pictures=args.pictures, image_size=args.image_size,
     )
     _log(metrics["table"])
     _log(metrics["class_table"])
@@ -222,7 +222,8 @@ def _cmd_predict(args):
 
     res = tasks.predict(args.model, args.sources, args.out, config=args.config,
                         postprocess=postprocess_overrides(args.set) or None, score_thr=args.score_thr,
-                        batch_size=args.batch_size, save_masks=args.save_masks, overlays=not args.no_overlays)
+                        batch_size=args.batch_size, save_masks=args.save_masks, overlays=not args.no_overlays,
+                        image_size=args.image_size)
     _log(f"solo-tf: {res.report()}")
     _print_json({"detections": len(res.results), "pictures": res.pictures, "annotated_videos": res.videos,
                  "results": str(res.results_path), **{k: v for k, v in res.summary.items() if k != "detections"}})
@@ -410,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "matrix) (default: eval/ beside the model)")
     e.add_argument("--pictures", type=int, default=0, metavar="N",
                    help="also draw the N worst and N best images, ground truth beside prediction")
+    e.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network canvas to evaluate at, multiples of 32 (default: the model's; a zoo model's is "
+                        "its published test scale)")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", parents=[common],
@@ -429,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write one PNG per instance: OUT/masks/<stem>[_f<frame>]_<k>_<label>.png")
     r.add_argument("--no-overlays", action="store_true",
                    help="write no overlay PNGs or annotated videos (predictions.json and masks only; faster)")
+    r.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network canvas, multiples of 32 (default: the model's; a zoo model's is its published "
+                        "test scale)")
     _add_postprocess_set(r)
     r.set_defaults(func=_cmd_predict)
 

@@ -152,6 +152,10 @@ class Predictor:
             (``solo-tf models``; downloaded and converted on first use).
         postprocess_config: decoder settings (default: the ones saved with the model).
         batch_size: images per forward pass.
+        image_size: (H, W) network canvas to letterbox onto instead of the model's
+            ``image_size`` (positive multiples of 32; with the model's ``portrait_canvas``,
+            its transpose for images oriented the other way): a zoo model's default is its
+            published test scale, this runs another. The weights are the model's own.
 
     ``predict(images)`` returns one dict per image: ``masks`` (n, h, w) bool at the
     original size, ``scores`` (n,), ``classes`` (n,) int, ``labels`` (n,) class names,
@@ -159,10 +163,15 @@ class Predictor:
     :class:`FrameResult` per frame of files, folders, globs, videos, cameras or streams.
     """
 
-    def __init__(self, model, postprocess_config=None, batch_size=4):
+    def __init__(self, model, postprocess_config=None, batch_size=4, image_size=None):
         if isinstance(model, (str, os.PathLike)):
             model = load_model(resolve_model(model))  # a zoo name: its cached .keras
         self.model = model
+        # the canvases images are letterboxed onto (ModelConfig.canvas_for)
+        self.canvas_config = model.model_config
+        if image_size is not None:
+            self.canvas_config = dataclasses.replace(model.model_config, image_size=tuple(int(v) for v in image_size))
+            self.canvas_config.validate()
         self.postprocess_config = postprocess_config or model.postprocess_config
         self.batch_size = int(batch_size)
         self.inference_models = InferenceModels(model, self.postprocess_config)
@@ -170,13 +179,14 @@ class Predictor:
 
     @property
     def inference_model(self):
-        """The inference graph of the model's canvas ``model.image_size``."""
-        return self.inference_models[self.model.canvases[0]]
+        """The inference graph of the first canvas (``image_size``, else the model's)."""
+        return self.inference_models[self.canvas_config.canvases[0]]
 
     def predict(self, images):
         """Images (a list of (h, w, 3) RGB arrays of any sizes, or one array) -> one dict
         of instances per image (see the class docstring). Each image is letterboxed onto
-        the canvas of its orientation (:meth:`~solo_tf.config.ModelConfig.canvas_for`)."""
+        the canvas of its orientation (:meth:`~solo_tf.config.ModelConfig.canvas_for`, of
+        ``image_size`` when given)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
         images = [np.asarray(im) for im in images]
@@ -185,7 +195,7 @@ class Predictor:
                 raise ValueError(f"image {i}: expected an RGB image of shape (h, w, 3), got {im.shape}")
         by_canvas = {}  # canvas -> indices of the images letterboxed onto it, in order
         for i, im in enumerate(images):
-            by_canvas.setdefault(self.model.model_config.canvas_for(*im.shape[:2]), []).append(i)
+            by_canvas.setdefault(self.canvas_config.canvas_for(*im.shape[:2]), []).append(i)
         results = [None] * len(images)
         for canvas, indices in by_canvas.items():
             for start in range(0, len(indices), self.batch_size):
@@ -268,7 +278,7 @@ class Predictor:
         the network is waiting (``prefetch`` is empty): latency over batching."""
         pending, canvas = [], None
         for frame in frames:
-            size = tuple(self.model.model_config.canvas_for(*frame.image.shape[:2]))
+            size = tuple(self.canvas_config.canvas_for(*frame.image.shape[:2]))
             if pending and size != canvas:
                 yield self._letterboxed(pending, canvas)
                 pending = []

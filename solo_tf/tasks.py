@@ -402,7 +402,7 @@ def evaluation_data(cfg: Config, max_images=None):
 
 # --- evaluate -------------------------------------------------------------------------------
 def evaluate(model, config=None, *, data=None, images=None, postprocess=None, metrics_path=None,
-             results_path=None, max_batches=None, plots_dir=None, pictures=0) -> dict:
+             results_path=None, max_batches=None, plots_dir=None, pictures=0, image_size=None) -> dict:
     """COCO mask and box AP of ``model`` on the validation split of the config's data, per
     class too, with the pictures that explain them.
 
@@ -417,6 +417,10 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
         pictures: also write the ``pictures`` worst and best images (by the F1 of their
             instances matched at IoU 0.5, :func:`solo_tf.evaluation.match_instances`),
             ground truth beside prediction, as ``plots_dir/worst_<i>.png`` / ``best_<i>.png``.
+        image_size: (H, W) network canvas to evaluate at instead of the model's (a zoo
+            model's is its published test scale; positive multiples of 32): the images are
+            letterboxed onto it (and onto its transpose with ``portrait_canvas``) and the
+            model's weights run on that canvas's graph.
 
     Returns:
         :func:`solo_tf.evaluation.score_results`'s report (mask ``AP`` ... ``APl``, box
@@ -431,6 +435,9 @@ def evaluate(model, config=None, *, data=None, images=None, postprocess=None, me
     model, cfg = run.model, run.config
     if data is not None:
         cfg = with_eval_data(cfg, data, images)
+    if image_size is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_size=tuple(int(v) for v in image_size)))
+        cfg.model.validate()
     src, ds, coco_gt = evaluation_data(cfg)
     category_ids = cfg.labels.category_ids
     names = cfg.labels.names(cfg.model.num_classes)
@@ -509,10 +516,10 @@ def _worst_and_best(model, ds, coco_gt, per_image, n, out_dir, postprocess, name
 PREDICT_BATCH_PIXELS = 16 * 128 * 128
 
 
-def predict_batch_size(model) -> int:
-    """:func:`predict`'s default frames per forward pass for ``model`` (see
-    :data:`PREDICT_BATCH_PIXELS`)."""
-    h, w = model.model_config.image_size
+def predict_batch_size(model, image_size=None) -> int:
+    """:func:`predict`'s default frames per forward pass for ``model`` on its canvas or on
+    ``image_size`` (see :data:`PREDICT_BATCH_PIXELS`)."""
+    h, w = image_size or model.model_config.image_size
     return max(1, min(16, PREDICT_BATCH_PIXELS // (int(h) * int(w))))
 
 
@@ -525,7 +532,7 @@ def read_image(path) -> np.ndarray:
 
 
 def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr=None, batch_size=None,
-            save_masks=False, overlays=True, progress=None, log=None) -> PredictResult:
+            save_masks=False, overlays=True, progress=None, log=None, image_size=None) -> PredictResult:
     """Instances for what ``sources`` names (image files, folders, globs, videos, a camera
     index, a stream URL: :func:`solo_tf.media.expand_sources`), written to ``out_dir``:
 
@@ -563,6 +570,8 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
         overlays: write the overlay PNGs and annotated videos (False: the JSON and masks only).
         progress: a progress bar on stderr: True, False, or None (when stderr is a terminal).
         log: a function taking one line of text (default stderr).
+        image_size: (H, W) network canvas instead of the model's (a zoo model's is its
+            published test scale): :class:`solo_tf.inference.Predictor`'s ``image_size``.
     """
     from solo_tf.inference import Predictor
     from solo_tf.io import write_json
@@ -572,7 +581,8 @@ def predict(model, sources, out_dir, *, config=None, postprocess=None, score_thr
     skipped = SkipLog(log=lambda line: log(f"solo-tf: {line}"))
     sources = expand_sources(sources, skipped)  # a missing source: raised before any work
     run = resolve(model, config=config, postprocess=postprocess)
-    predictor = Predictor(run.model, run.postprocess, batch_size=batch_size or predict_batch_size(run.model))
+    predictor = Predictor(run.model, run.postprocess, image_size=image_size,
+                          batch_size=batch_size or predict_batch_size(run.model, image_size))
     frames = predictor.stream(sources, skipped=skipped, progress=progress)
     out = _PredictOutputs(Path(out_dir), predictor.class_names, run.model.labels_config.category_ids,
                           float(score_thr or 0.0), overlays, save_masks)

@@ -91,6 +91,30 @@ def test_predictor_upsampling_the_filled_slots_on_the_host_equals_full_size_mask
     assert got["masks"].any()
 
 
+
+def test_predictor_runs_another_canvas_with_the_same_weights():
+    """image_size: images letterboxed onto that canvas and the model's weights run on its
+    graph (a zoo model at another test scale); a size that is no multiple of 32 is refused."""
+    from solo_tf.config import ConfigError
+    from solo_tf.inference import Predictor, build_inference_model, instances_from_detections
+
+    post = PostprocessConfig(score_thr=0.0, update_thr=0.0, max_per_img=6, mask_thr=0.5)
+    model = _model("solov2")
+    predictor = Predictor(model, post, image_size=(96, 128))
+    image = np.random.RandomState(3).randint(0, 255, (45, 70, 3), np.uint8)
+    got = predictor.predict([image])[0]
+    assert predictor.inference_model.output["detection_masks"].shape[2:] == (24, 32)
+    canvas, valid, _ = letterbox(image, (96, 128))
+    dets = build_inference_model(model, post, (96, 128), full_size_masks=False).predict_on_batch(
+        np.asarray(canvas, np.float32)[None])
+    want = instances_from_detections(dets, [valid], [image.shape[:2]], mask_thr=0.5, canvas_size=(96, 128))[0]
+    assert len(got["scores"]) == len(want["scores"]) > 0
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-6)
+    np.testing.assert_array_equal(got["masks"], want["masks"])
+    assert got["masks"].shape[1:] == (45, 70)
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        Predictor(model, post, image_size=(100, 128))
+
 def test_inference_model_saves_and_reloads(tmp_path):
     import keras
     from keras import ops
@@ -144,7 +168,7 @@ def test_predict_command_names_a_bad_image(tmp_path, capsys):
     assert "missing.keras" in capsys.readouterr().err
 
 
-def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
+def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys, monkeypatch):
     from solo_tf.cli import main
     from solo_tf.config import Config, DataConfig, TrainConfig
     from solo_tf.data.shapes import ShapesSourceConfig
@@ -160,6 +184,20 @@ def test_evaluate_command_prints_and_writes_metrics(tmp_path, capsys):
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert metrics["num_images"] == 3
     assert json.loads((run / "eval" / "metrics.json").read_text())["AP"] == metrics["AP"]
+
+    # at another canvas (a zoo model at another test scale): the images and the graph are 96x96
+    import solo_tf.inference as inference
+
+    canvases = []
+    build = inference.build_inference_model
+    monkeypatch.setattr(inference, "build_inference_model",
+                        lambda m, post, canvas=None, **kw: canvases.append(tuple(canvas)) or build(m, post, canvas, **kw))
+    assert main(["evaluate", "--model", str(run / "model.keras"), "--image-size", "96", "96",
+                 "--out", str(tmp_path / "eval96")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_images"] == 3
+    assert canvases == [(96, 96)]
+    assert main(["evaluate", "--model", str(run / "model.keras"), "--image-size", "90", "96"]) == 2  # a config error
+    assert "multiples of 32" in capsys.readouterr().err
 
 
 @pytest.mark.slow
