@@ -22,7 +22,9 @@ fp32. The load average is printed with each table.
 worktree) and times its files beside this tree's. ``--profile`` adds each op group's time
 (backbone, fpn, heads, mask_feature, decoder, q/dq) in the LiteRT fp32 and int8 files, as
 the sum of their ops timed one by one (benchmarks/profile_tflite.py), with the pyramid's P2
-3x3 conv alone. ``--sweep`` measures the design points the mobile preset was chosen from
+3x3 conv alone, and ORT's own per-node profile of the ONNX files summed per group
+(benchmarks/profile_onnx.py; ``layout``: the transposes and NCHWc reorders); with ``--ref``,
+the "before" files too. ``--sweep`` measures the design points the mobile preset was chosen from
 (fp32 full graph, LiteRT only).
 """
 
@@ -277,13 +279,14 @@ def side_by_side(runners, rounds):
 
 
 def breakdown(files):
-    """Per op group ms (LiteRT sum of one-op models: benchmarks/profile_tflite.py), fp32 and
-    int8, with the pyramid's P2 3x3 conv alone."""
+    """Per op group ms (LiteRT sum of one-op models: benchmarks/profile_tflite.py) of the
+    LiteRT fp32 and int8 files among ``files`` ({label: path}), with the pyramid's P2 3x3
+    conv alone."""
     from profile_tflite import GROUPS, profile
 
     rows = {}
-    for label in ("litert fp32", "litert int8"):
-        if label not in files:
+    for label in files:
+        if not label.startswith(("litert fp32", "litert int8")):
             continue
         result = profile(Path(files[label]).read_bytes(), repeats=3)
         sums = {g: 0.0 for g in GROUPS}
@@ -292,6 +295,28 @@ def breakdown(files):
             sums[g] += ms
             p2 += ms if "fpn" in name and "output_P2" in name else 0.0
         rows[label] = (result["total"], sums, p2)
+    return rows
+
+
+def onnx_breakdown(files):
+    """ORT's own per-node profile of each ONNX file among ``files``, summed per op group
+    (benchmarks/profile_onnx.py): {label: "group ms (top op types), ..."}."""
+    import collections
+
+    from profile_onnx import group_of, profile
+
+    rows = {}
+    for label, path in files.items():
+        if not label.startswith("ort"):
+            continue
+        by_group = collections.defaultdict(float)
+        by_type = collections.defaultdict(lambda: collections.defaultdict(float))
+        for (name, kind), ms in profile(path, repeats=10)["nodes"].items():
+            by_group[group_of(name, kind)] += ms
+            by_type[group_of(name, kind)][kind] += ms
+        rows[label] = f"total {sum(by_group.values()):.1f}; " + "; ".join(
+            f"{g} {ms:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_type[g].items(), key=lambda kv: -kv[1])[:3])
+            + ")" for g, ms in sorted(by_group.items(), key=lambda kv: -kv[1]))
     return rows
 
 
@@ -329,10 +354,13 @@ def measure(configs, quantizations, formats, rounds, ref=None, profile=False):
                 print(f"{r.label:<28} {r.size / 1e6:>7.1f} {lo:>9.1f} {med:>8.1f} {cpu:>8.1f} {med / base:>15.2f}",
                       flush=True)
             if profile:
-                files = {r.label.split(" (")[0]: r.path for r in runners if not r.label.endswith("(before)")}
+                files = {r.label: r.path for r in runners}
                 for label, (total, sums, p2) in breakdown(files).items():
                     parts = ", ".join(f"{g} {v:.1f}" for g, v in sums.items() if v >= 0.05)
-                    print(f"  {label} op groups (sum of one-op models, ms): {parts}; FPN P2 3x3 conv {p2:.1f}")
+                    print(f"  {label} op groups (sum of one-op models, ms): {parts}; FPN P2 3x3 conv {p2:.1f}",
+                          flush=True)
+                for label, parts in onnx_breakdown(files).items():
+                    print(f"  {label} ORT kernel ms per op group (its profiler): {parts}", flush=True)
     finally:
         if ref_root is not None:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(ref_root)], capture_output=True)
@@ -516,7 +544,8 @@ def main():
     p.add_argument("--ref", help="also export with this commit's code (a temporary git worktree) and time "
                                  "its files beside this tree's: before / after in one run")
     p.add_argument("--profile", action="store_true",
-                   help="per op group breakdown of the LiteRT fp32 and int8 files (benchmarks/profile_tflite.py)")
+                   help="per op group breakdown of the LiteRT fp32 and int8 files (benchmarks/profile_tflite.py) "
+                        "and of the ONNX files (ORT's profiler: benchmarks/profile_onnx.py)")
     p.add_argument("--repeats", type=int, default=10, help="--sweep / --tiny / --trained: invokes per file")
     p.add_argument("--sweep", action="store_true", help="time the mobile head's design points")
     p.add_argument("--sweep-base", default="solov2_light_mnv3l_448")
