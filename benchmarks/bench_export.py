@@ -246,7 +246,7 @@ class Runner:
             self._run = lambda: serve(images=x)
 
     def time(self, invokes=1):
-        run, sess = self._run, None
+        run = self._run
         if run is None:  # ONNX Runtime
             import onnxruntime as ort
 
@@ -262,7 +262,7 @@ class Runner:
             run()
             self.walls.append((time.perf_counter() - start) * 1000)
             self.cpus.append((time.process_time() - cpu) * 1000)
-        del sess
+        # the ORT session (and the closure holding it) ends with this call: one at a time
 
     def summary(self):
         return min(self.walls), float(np.median(self.walls)), float(np.median(self.cpus))
